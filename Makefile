@@ -1,0 +1,34 @@
+# The whole set-up is `make demo` (install, run the main job) and `make test`
+# (install, run the test suite). Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install lint bench stress clean
+
+$(BIN)/activate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/activate
+
+install: $(BIN)/activate
+
+demo: install
+	$(BIN)/python examples/mlp_digits.py
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check dataflow scheduler tests examples benchmarks
+
+bench: install
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m benchmarks
+
+stress: install
+	STRESS=1 $(BIN)/python -m pytest -q -m "slow or not slow" tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

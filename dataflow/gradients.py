@@ -1,0 +1,204 @@
+"""Symbol-to-symbol differentiation: back-propagation as graph construction
+(Deep Learning, section 6.5.6, algorithms 6.5 and 6.6).
+
+``gradients(ys, xs)`` adds the nodes that compute ``d(sum of ys)/d xs`` to the same
+graph and returns them; nothing runs. Because the result is made of ordinary nodes,
+gradients of gradients work the same way.
+
+The walk holds no op-specific rule: each op's ``bprop`` says how a gradient passes
+through it. It only visits nodes that lie between ``xs`` and ``ys`` and builds each
+node's gradient once (so the result stays linear in the size of the forward graph,
+figure 6.9), iterates instead of recursing, and sums the contributions that reach a
+node by several paths in a fixed order (consumers by decreasing id), never in the
+order they happen to be produced, so equal graphs give bitwise equal results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import GradientError, GraphError, ShapeError
+from .graph import Node
+from .ops import add_n, constant, ones_like, reshape, stack, zeros_like
+from .shapes import fmt, is_known, same_or_unknown
+
+UNCONNECTED = ("zero", "none", "raise")
+
+
+def is_differentiable(node: Node) -> bool:
+    """Only floating and complex values carry gradients; integers are constants to them."""
+    return node.dtype.kind in "fc"
+
+
+def _as_list(value: Any, what: str) -> tuple[list, bool]:
+    if isinstance(value, Node):
+        return [value], True
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, Node) for v in value):
+            raise GraphError(f"gradients: every entry of {what} must be a Node")
+        return list(value), False
+    raise GraphError(f"gradients: {what} must be a node or a list of nodes, got {type(value).__name__}")
+
+
+def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
+              grad_ys: Any = None, *, unconnected: str = "zero") -> list[Node | None]:
+    """The gradient of ``sum(ys)`` (each y weighted by its ``grad_ys`` entry) with
+    respect to each of ``xs``, as new nodes in the same graph.
+
+    ``grad_ys`` defaults to ones shaped like each y. ``unconnected`` says what an x that
+    the ys do not depend on gets: ``"zero"`` (zeros shaped like x), ``"none"`` or
+    ``"raise"`` (``GradientError``).
+    """
+    if unconnected not in UNCONNECTED:
+        raise ValueError(f"gradients: unconnected must be one of {UNCONNECTED}, got {unconnected!r}")
+    y_list, _ = _as_list(ys, "ys")
+    x_list, _ = _as_list(xs, "xs")
+    if not y_list:
+        raise GraphError("gradients: ys is empty")
+    graph = y_list[0].graph
+    for node in y_list + x_list:
+        if node.graph is not graph:
+            raise GraphError(f"gradients: node {node.name!r} belongs to graph {node.graph.name!r}, "
+                             f"not {graph.name!r}")
+    seeds = _seed_gradients(y_list, grad_ys)
+
+    between = _nodes_between(x_list, y_list)
+    contributions: dict[int, list[Node]] = {}
+    for y, seed in zip(y_list, seeds):
+        if y.id in between:
+            contributions.setdefault(y.id, []).append(seed)
+
+    x_ids = {x.id for x in x_list}
+    total: dict[int, Node] = {}
+    for node_id in sorted(between, reverse=True):
+        parts = contributions.pop(node_id, None)
+        if not parts:
+            continue  # no gradient reached this node (e.g. cut by stop_gradient)
+        node = between[node_id]
+        grad = add_n(parts)
+        if node_id in x_ids:
+            total[node_id] = grad
+        wanted = tuple(parent.id in between for parent in node.inputs)
+        if not any(wanted):
+            continue
+        if not node.op.has_bprop:
+            raise GradientError(
+                f"op {node.op.name!r} (node {node.name!r}) has no bprop, so no gradient can flow "
+                "through it; wrap its input in stop_gradient or give the op a bprop"
+            )
+        results = node.op.bprop(node.inputs, node, grad, wanted)
+        if len(results) != len(node.inputs):
+            raise GradientError(f"op {node.op.name!r}: bprop returned {len(results)} gradients "
+                                f"for {len(node.inputs)} inputs")
+        for parent, want, g in zip(node.inputs, wanted, results):
+            if want and g is not None:
+                _check_gradient_shape(node, parent, g)
+                contributions.setdefault(parent.id, []).append(g)
+
+    out: list[Node | None] = []
+    for x in x_list:
+        g = total.get(x.id)
+        if g is None:
+            if unconnected == "raise":
+                names = ", ".join(repr(y.name) for y in y_list)
+                raise GradientError(f"gradients: {x.name!r} is not connected to {names}")
+            g = zeros_like(x) if unconnected == "zero" else None
+        out.append(g)
+    return out
+
+
+def _seed_gradients(ys: list[Node], grad_ys: Any) -> list[Node]:
+    if grad_ys is None:
+        return [ones_like(y) for y in ys]
+    seeds_in = [grad_ys] if isinstance(ys, list) and len(ys) == 1 and not isinstance(
+        grad_ys, (list, tuple)) else list(grad_ys)
+    if len(seeds_in) != len(ys):
+        raise GraphError(f"gradients: {len(seeds_in)} grad_ys for {len(ys)} ys")
+    seeds = []
+    for y, seed in zip(ys, seeds_in):
+        if seed is None:
+            seeds.append(ones_like(y))
+            continue
+        if not isinstance(seed, Node):
+            seed = constant(np.asarray(seed, dtype=y.dtype), graph=y.graph)
+        elif seed.graph is not y.graph:
+            raise GraphError(f"gradients: grad_ys entry {seed.name!r} is in another graph")
+        if len(seed.shape) != len(y.shape) or not all(map(same_or_unknown, seed.shape, y.shape)):
+            raise ShapeError(f"gradients: grad_ys shape {fmt(seed.shape)} does not match "
+                             f"{y.name!r} of shape {fmt(y.shape)}")
+        seeds.append(seed)
+    return seeds
+
+
+def _nodes_between(xs: list[Node], ys: list[Node]) -> dict[int, Node]:
+    """Differentiable nodes that are ancestors of some y (or a y) and descendants of
+    some x (or an x), keyed by id. Two iterative passes, no recursion."""
+    ancestors: dict[int, Node] = {}
+    stack = [y for y in ys if is_differentiable(y)]
+    while stack:
+        node = stack.pop()
+        if node.id in ancestors:
+            continue
+        ancestors[node.id] = node
+        stack.extend(p for p in node.inputs if p.id not in ancestors and is_differentiable(p))
+    x_ids = {x.id for x in xs if is_differentiable(x)}
+    between: dict[int, Node] = {}
+    for node_id in sorted(ancestors):
+        node = ancestors[node_id]
+        if node_id in x_ids or any(p.id in between for p in node.inputs):
+            between[node_id] = node
+    return between
+
+
+def _check_gradient_shape(node: Node, parent: Node, g: Node) -> None:
+    if not isinstance(g, Node):
+        raise GradientError(f"op {node.op.name!r}: bprop returned {type(g).__name__}, not a node")
+    if len(g.shape) != len(parent.shape) or not all(map(same_or_unknown, g.shape, parent.shape)):
+        raise GradientError(
+            f"op {node.op.name!r} (node {node.name!r}): bprop gave a gradient of shape "
+            f"{fmt(g.shape)} for input {parent.name!r} of shape {fmt(parent.shape)}"
+        )
+
+
+def grad(y: Node, x: Node, grad_y: Any = None, *, unconnected: str = "zero") -> Node | None:
+    """``gradients`` for one y and one x."""
+    return gradients([y], [x], None if grad_y is None else [grad_y], unconnected=unconnected)[0]
+
+
+def jacobian(y: Node, x: Node) -> Node:
+    """The Jacobian ``d y / d x`` of shape ``y.shape + x.shape`` (``y`` needs a static
+    shape). Built as one gradient per element of ``y``, so keep ``y`` small."""
+    if not is_known(y.shape):
+        raise ShapeError(f"jacobian: {y.name!r} needs a static shape, got {fmt(y.shape)}")
+    size = int(np.prod(y.shape, dtype=np.int64))
+    if not y.shape:
+        return grad(y, x)
+    if size == 0:
+        if not is_known(x.shape):
+            raise ShapeError(f"jacobian: {x.name!r} needs a static shape when y is empty")
+        return constant(np.zeros(y.shape + x.shape, dtype=x.dtype), graph=x.graph)
+    rows = []
+    for i in range(size):
+        seed = np.zeros(size, dtype=y.dtype)
+        seed[i] = 1
+        rows.append(grad(y, x, seed.reshape(y.shape)))
+    jac = stack(rows)
+    if len(y.shape) == 1:
+        return jac
+    if not is_known(x.shape):
+        raise ShapeError(f"jacobian: {x.name!r} needs a static shape when y is not 1-D")
+    return reshape(jac, y.shape + x.shape)
+
+
+def hessian_vector_product(y: Node, x: Node, v: Any) -> Node:
+    """``H v`` where ``H`` is the Hessian of scalar ``y`` with respect to ``x``,
+    computed as the gradient of ``<grad(y, x), v>`` (no Hessian is formed)."""
+    if y.shape != ():
+        raise ShapeError(f"hessian_vector_product: {y.name!r} must be a scalar, got {fmt(y.shape)}")
+    from .ops import sum as sum_
+
+    g = grad(y, x)
+    return grad(sum_(g * v), x)

@@ -1,0 +1,229 @@
+"""Ops: the unit of computation. Each op is one class holding its numpy forward, its
+shape/dtype rule and its bprop side by side, and registering itself by name.
+
+Writing your own op
+-------------------
+Subclass :class:`Op` (or call :func:`custom_op` with plain functions)::
+
+    class Cube(df.Op):
+        name = "my.cube"                          # registry name, unique
+
+        def forward(self, x):                     # numpy in, numpy out
+            return x * x * x
+
+        def infer(self, x):                       # shape/dtype rule on input *nodes*
+            return x.shape, x.dtype
+
+        def bprop(self, inputs, output, grad, wanted):   # returns nodes (symbolic)
+            (x,) = inputs
+            return (grad * 3.0 * df.square(x),)
+
+    cube = lambda x: df.apply(Cube(), x)
+
+``bprop`` implements ``sum_i (grad_X op.f(inputs)_i) G_i`` of algorithm 6.5/6.6: given
+the input nodes, the output node and the gradient ``grad`` with respect to the output,
+it returns one node (or ``None`` for "no gradient") per input, shaped like that input.
+``wanted[i]`` says whether input ``i`` needs its gradient at all, so an op can skip
+building nodes nobody asked for. An op without ``bprop`` is allowed; asking for a
+gradient through it raises :class:`GradientError` naming it.
+
+Ops with attributes (an axis, a shape) declare them in ``attr_names`` and receive them
+as keyword arguments; two ops are interchangeable when their names and attrs are equal.
+Custom ops are code: graph files can only name built-in ops, never load user code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .errors import GradientError, GraphError, ShapeError
+from .graph import Graph, Node, get_default_graph
+from .shapes import broadcast
+
+REGISTRY: dict[str, type[Op]] = {}
+
+
+class Op:
+    """Base class of every op. Subclasses set ``name`` and override what they need."""
+
+    name: ClassVar[str] = ""
+    attr_names: ClassVar[tuple[str, ...]] = ()
+    #: True for the ops this package ships; only these may be loaded from graph files.
+    builtin: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name:
+            existing = REGISTRY.get(name)
+            if existing is not None and existing.__qualname__ != cls.__qualname__:
+                raise GraphError(f"op name {name!r} is already registered by {existing.__qualname__}")
+            REGISTRY[name] = cls
+            cls.builtin = cls.__module__.startswith("dataflow.")
+
+    def __init__(self, **attrs: Any):
+        missing = [a for a in self.attr_names if a not in attrs]
+        extra = [a for a in attrs if a not in self.attr_names]
+        if missing or extra:
+            raise TypeError(f"op {self.name}: missing attrs {missing}, unexpected attrs {extra}")
+        for key, value in attrs.items():
+            object.__setattr__(self, key, value)
+
+    # -- what subclasses implement ------------------------------------------------------
+    def forward(self, *values: Any) -> Any:
+        raise NotImplementedError(f"op {self.name} has no forward")
+
+    def infer(self, *inputs: Node) -> tuple[tuple, np.dtype]:
+        """Static (shape, dtype) of the output. Default: elementwise broadcasting."""
+        return elementwise_infer(self, inputs)
+
+    def bprop(self, inputs: Sequence[Node], output: Node, grad: Node,
+              wanted: Sequence[bool]) -> Sequence[Node | None]:
+        raise GradientError(f"op {self.name!r} has no bprop, so no gradient can flow through it")
+
+    def kernel(self) -> Callable[..., Any]:
+        """The callable the engine runs on input values. Ops override it to hand over a
+        numpy function directly and save a Python call per node."""
+        return self.forward
+
+    # -- derived ------------------------------------------------------------------------
+    @property
+    def has_bprop(self) -> bool:
+        return type(self).bprop is not Op.bprop
+
+    def attrs(self) -> dict[str, Any]:
+        return {a: getattr(self, a) for a in self.attr_names}
+
+    def key(self) -> tuple:
+        """Identity for merging equal computations: name and attrs (hashable form)."""
+        return (self.name, tuple((k, _hashable(v)) for k, v in self.attrs().items()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.attrs().items())
+        return f"{self.name}({inner})"
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"ops are immutable (tried to set {key!r} on {self.name})")
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return (value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, slice):
+        return ("slice", value.start, value.stop, value.step)
+    if isinstance(value, np.dtype):
+        return value.str
+    return value
+
+
+# -- building nodes -------------------------------------------------------------------
+
+def apply(op: Op, *args: Any, name: str | None = None) -> Node:
+    """Add ``op(*args)`` to the graph of its node arguments (Python scalars and arrays
+    among ``args`` become constants) after checking shapes and dtypes statically."""
+    graph: Graph | None = None
+    like: np.dtype | None = None
+    for arg in args:
+        if isinstance(arg, Node):
+            if like is None or like.kind == "b":
+                like = arg.dtype  # a scalar next to a bool condition takes the data's dtype
+            if graph is None:
+                graph = arg.graph
+            elif arg.graph is not graph:
+                raise GraphError(
+                    f"op {op.name}: inputs come from different graphs "
+                    f"({graph.name!r} and {arg.graph.name!r})"
+                )
+    if graph is None:
+        graph = get_default_graph()
+    inputs = tuple(a if isinstance(a, Node) else lift(a, graph, like) for a in args)
+    shape, dtype = op.infer(*inputs)
+    return graph._add(op, inputs, tuple(shape), np.dtype(dtype), name)
+
+
+def lift(value: Any, graph: Graph, like: np.dtype | None = None) -> Node:
+    """A constant node for a non-node operand. A Python scalar takes the dtype numpy
+    would give it next to ``like`` (so ``2 * x`` keeps float32 ``x`` in float32)."""
+    from .ops.core import constant
+
+    if isinstance(value, (bool, int, float, complex)) and like is not None:
+        dtype = np.result_type(like, value)
+        return constant(np.asarray(value, dtype=dtype), graph=graph)
+    return constant(value, graph=graph)
+
+
+_dtype_cache: dict[tuple, np.dtype] = {}
+
+
+def result_dtype(fn: Callable[..., Any], dtypes: Sequence[np.dtype]) -> np.dtype:
+    """The dtype numpy gives ``fn`` on these input dtypes (found by probing 0-d arrays)."""
+    key = (fn, *dtypes)
+    out = _dtype_cache.get(key)
+    if out is None:
+        with np.errstate(all="ignore"):
+            out = np.asarray(fn(*[np.ones((), d) for d in dtypes])).dtype
+        _dtype_cache[key] = out
+    return out
+
+
+def elementwise_infer(op: Op, inputs: Sequence[Node]) -> tuple[tuple, np.dtype]:
+    shape = broadcast(op.name, *(n.shape for n in inputs))
+    return shape, result_dtype(op.kernel(), [n.dtype for n in inputs])
+
+
+# -- custom ops from plain functions ----------------------------------------------------
+
+def custom_op(name: str, forward: Callable[..., Any],
+              shape_rule: Callable[..., tuple[tuple, Any]] | None = None,
+              bprop: Callable[..., Sequence[Node | None]] | None = None) -> Callable[..., Node]:
+    """Define an op from functions and return a function that applies it.
+
+    - ``forward(*arrays) -> array``: the numpy computation.
+    - ``shape_rule(*input_nodes) -> (shape, dtype)``: the static rule; the default is
+      elementwise broadcasting with numpy's dtype promotion for ``forward``.
+    - ``bprop(inputs, output, grad) -> tuple`` of one node (or ``None``) per input.
+      Without it the op works forward and raises ``GradientError`` under ``gradients``.
+    """
+    if not name or not isinstance(name, str):
+        raise ValueError("custom_op needs a non-empty name")
+    namespace: dict[str, Any] = {"name": name, "__module__": "dataflow.custom"}
+
+    def _forward(self: Op, *values: Any) -> Any:
+        return forward(*values)
+
+    namespace["forward"] = _forward
+    if shape_rule is not None:
+        def _infer(self: Op, *inputs: Node) -> tuple[tuple, np.dtype]:
+            shape, dtype = shape_rule(*inputs)
+            if not isinstance(shape, tuple):
+                raise ShapeError(f"op {name}: shape rule returned {shape!r}, not a tuple")
+            return shape, np.dtype(dtype)
+
+        namespace["infer"] = _infer
+    else:
+        def _elementwise(self: Op, *inputs: Node) -> tuple[tuple, np.dtype]:
+            shape = broadcast(name, *(n.shape for n in inputs))
+            return shape, result_dtype(forward, [n.dtype for n in inputs])
+
+        namespace["infer"] = _elementwise
+    if bprop is not None:
+        def _bprop(self: Op, inputs: Sequence[Node], output: Node, grad: Node,
+                   wanted: Sequence[bool]) -> Sequence[Node | None]:
+            return bprop(inputs, output, grad)
+
+        namespace["bprop"] = _bprop
+    cls = type(f"CustomOp[{name}]", (Op,), namespace)
+    cls.builtin = False
+    op = cls()
+
+    def make(*args: Any, name: str | None = None) -> Node:
+        return apply(op, *args, name=name)
+
+    make.op = op  # type: ignore[attr-defined]
+    make.__name__ = name.replace(".", "_")
+    return make

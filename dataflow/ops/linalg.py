@@ -1,0 +1,63 @@
+"""Matrix product with numpy's ``matmul`` semantics: 1-D operands are promoted to
+matrices and the added axis dropped again; leading (batch) axes broadcast."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..graph import Node
+from ..op import Op, apply
+from ..shapes import broadcast, fmt, same_or_unknown
+from .shape_ops import expand_dims, reshape_as, sum_to, swapaxes
+
+
+class Matmul(Op):
+    name = "matmul"
+
+    def kernel(self):
+        return np.matmul
+
+    def forward(self, a, b):
+        return np.matmul(a, b)
+
+    def infer(self, a, b):
+        sa, sb = a.shape, b.shape
+        if not sa or not sb:
+            raise ShapeError(f"matmul: scalar operands are not allowed, got {fmt(sa)} @ {fmt(sb)}")
+        ma = sa if len(sa) > 1 else (1,) + sa
+        mb = sb if len(sb) > 1 else sb + (1,)
+        if not same_or_unknown(ma[-1], mb[-2]):
+            raise ShapeError(f"matmul: inner dimensions differ: {fmt(sa)} @ {fmt(sb)}")
+        try:
+            batch = broadcast("matmul", ma[:-2], mb[:-2])
+        except ShapeError:
+            raise ShapeError(f"matmul: batch dimensions do not broadcast: {fmt(sa)} @ {fmt(sb)}") from None
+        shape = batch + ((ma[-2],) if len(sa) > 1 else ()) + ((mb[-1],) if len(sb) > 1 else ())
+        return shape, np.result_type(a.dtype, b.dtype)
+
+    def bprop(self, inputs, output, grad, wanted):
+        a, b = inputs
+        # Work on the matrix forms; a 1-D operand's axis comes back into the gradient.
+        a2 = a if len(a.shape) > 1 else expand_dims(a, 0)
+        b2 = b if len(b.shape) > 1 else expand_dims(b, -1)
+        if len(a.shape) == 1 and len(b.shape) == 1:
+            g2 = expand_dims(grad, (0, 1))
+        elif len(a.shape) == 1:
+            g2 = expand_dims(grad, -2)
+        elif len(b.shape) == 1:
+            g2 = expand_dims(grad, -1)
+        else:
+            g2 = grad
+        ga = gb = None
+        if wanted[0]:
+            ga = reshape_as(sum_to(matmul(g2, swapaxes(b2, -1, -2)), a2), a)
+        if wanted[1]:
+            gb = reshape_as(sum_to(matmul(swapaxes(a2, -1, -2), g2), b2), b)
+        return ga, gb
+
+
+def matmul(a: Any, b: Any) -> Node:
+    return apply(Matmul(), a, b)

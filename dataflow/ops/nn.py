@@ -1,0 +1,178 @@
+"""Neural-network ops: sigmoid, relu, and numerically stable softmax, log_softmax,
+logsumexp and softmax cross-entropy. Their bprops are built from other differentiable
+ops, so second derivatives come for free."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..graph import Node
+from ..op import Op, apply
+from ..shapes import fmt, normalize_axes, reduced
+from .core import constant
+from .elementwise import exp, greater, where
+from .reductions import sum as sum_
+from .shape_ops import broadcast_as, expand_dims
+
+
+class Sigmoid(Op):
+    name = "sigmoid"
+
+    def infer(self, x):
+        return x.shape, np.tanh(np.ones((), x.dtype)).dtype
+
+    def forward(self, x):
+        # 0.5 * (1 + tanh(x / 2)) never overflows, unlike 1 / (1 + exp(-x)).
+        half = np.asarray(0.5, dtype=np.result_type(x, np.float16))
+        return half * (np.tanh(half * x) + 1)
+
+    def bprop(self, inputs, output, grad, wanted):
+        one = constant(np.ones((), output.dtype), graph=output.graph)
+        return (grad * (output * (one - output)),)
+
+
+class Relu(Op):
+    name = "relu"
+
+    def infer(self, x):
+        return x.shape, x.dtype
+
+    def forward(self, x):
+        return np.maximum(x, 0)
+
+    def bprop(self, inputs, output, grad, wanted):
+        (x,) = inputs
+        zero = constant(np.zeros((), grad.dtype), graph=grad.graph)
+        return (where(greater(x, zero), grad, zero),)
+
+
+class AxisOp(Op):
+    attr_names = ("axis",)
+
+    def infer(self, x):
+        normalize_axes(self.name, self.axis, len(x.shape))
+        return x.shape, x.dtype
+
+
+class Softmax(AxisOp):
+    name = "softmax"
+
+    def forward(self, x):
+        shifted = x - np.max(x, axis=self.axis, keepdims=True)
+        e = np.exp(shifted)
+        return e / np.sum(e, axis=self.axis, keepdims=True)
+
+    def bprop(self, inputs, output, grad, wanted):
+        s = output
+        inner = sum_(grad * s, axis=self.axis, keepdims=True)
+        return (s * (grad - inner),)
+
+
+class LogSoftmax(AxisOp):
+    name = "log_softmax"
+
+    def forward(self, x):
+        shifted = x - np.max(x, axis=self.axis, keepdims=True)
+        return shifted - np.log(np.sum(np.exp(shifted), axis=self.axis, keepdims=True))
+
+    def bprop(self, inputs, output, grad, wanted):
+        total = sum_(grad, axis=self.axis, keepdims=True)
+        return (grad - exp(output) * total,)
+
+
+class LogSumExp(Op):
+    name = "logsumexp"
+    attr_names = ("axis", "keepdims")
+
+    def infer(self, x):
+        axes = normalize_axes(self.name, self.axis, len(x.shape))
+        return reduced(x.shape, axes, self.keepdims), x.dtype
+
+    def forward(self, x):
+        m = np.max(x, axis=self.axis, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0)
+        out = np.log(np.sum(np.exp(x - m), axis=self.axis, keepdims=True)) + m
+        return out if self.keepdims else np.squeeze(out, axis=self.axis)
+
+    def bprop(self, inputs, output, grad, wanted):
+        (x,) = inputs
+        out, g = output, grad
+        if not self.keepdims:
+            axes = normalize_axes(self.name, self.axis, len(x.shape))
+            out, g = expand_dims(out, axes), expand_dims(g, axes)
+        return (broadcast_as(g, x) * exp(x - out),)
+
+
+class OneHot(Op):
+    """``labels`` (integers) as one-hot rows of length ``depth``."""
+
+    name = "one_hot"
+    attr_names = ("depth", "dtype")
+
+    def infer(self, labels):
+        return labels.shape + (self.depth,), self.dtype
+
+    def forward(self, labels):
+        labels = np.asarray(labels)
+        if labels.size and (labels.min() < 0 or labels.max() >= self.depth):
+            raise ValueError(f"one_hot: labels must lie in [0, {self.depth}), "
+                             f"got values in [{labels.min()}, {labels.max()}]")
+        return (labels[..., None] == np.arange(self.depth)).astype(self.dtype)
+
+    def bprop(self, inputs, output, grad, wanted):
+        return (None,)
+
+
+def one_hot(labels: Node, depth: int, dtype: Any = np.float64) -> Node:
+    return apply(OneHot(depth=int(depth), dtype=np.dtype(dtype)), labels)
+
+
+def sigmoid(x: Any) -> Node:
+    return apply(Sigmoid(), x)
+
+
+def relu(x: Any) -> Node:
+    return apply(Relu(), x)
+
+
+def softmax(x: Any, axis: int = -1) -> Node:
+    return apply(Softmax(axis=axis), x)
+
+
+def log_softmax(x: Any, axis: int = -1) -> Node:
+    return apply(LogSoftmax(axis=axis), x)
+
+
+def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
+    if isinstance(axis, list):
+        axis = tuple(axis)
+    return apply(LogSumExp(axis=axis, keepdims=bool(keepdims)), x)
+
+
+def softmax_cross_entropy(logits: Node, labels: Node) -> Node:
+    """Mean over the batch of ``-log softmax(logits)[i, labels[i]]``.
+
+    ``logits`` is (batch, classes); ``labels`` holds integer class indices, (batch,).
+    """
+    if len(logits.shape) != 2:
+        raise ShapeError(f"softmax_cross_entropy: logits must be (batch, classes), got {fmt(logits.shape)}")
+    if not isinstance(labels, Node):
+        labels = constant(np.asarray(labels), graph=logits.graph)
+    if labels.dtype.kind not in "iu":
+        raise ShapeError(f"softmax_cross_entropy: labels must be integers, got dtype {labels.dtype}")
+    if len(labels.shape) != 1 or not (
+        labels.shape[0] is None or logits.shape[0] is None or labels.shape[0] == logits.shape[0]
+    ):
+        raise ShapeError(f"softmax_cross_entropy: labels {fmt(labels.shape)} do not match "
+                         f"logits {fmt(logits.shape)}")
+    if logits.shape[1] is None:
+        raise ShapeError("softmax_cross_entropy: the number of classes must be static")
+    from .reductions import mean
+
+    targets = one_hot(labels, logits.shape[1], logits.dtype)
+    return mean(-sum_(log_softmax(logits, axis=-1) * targets, axis=-1))
+
+

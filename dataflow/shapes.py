@@ -1,0 +1,85 @@
+"""Static shape rules: numpy broadcasting, axes and reductions with unknown (None) dims.
+
+A shape is a tuple whose entries are ints or ``None`` (unknown until run time). The
+rules here are shared by the ops' shape inference; they raise ``ShapeError`` naming
+the op and the shapes so that mistakes surface while the graph is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from .errors import ShapeError
+
+Shape = tuple  # tuple[int | None, ...]
+
+
+def fmt(shape: Shape) -> str:
+    """A shape as users write it, with ``?`` for unknown dims."""
+    inner = ", ".join("?" if d is None else str(d) for d in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+def is_known(shape: Shape) -> bool:
+    return all(d is not None for d in shape)
+
+
+def broadcast(op: str, *shapes: Shape) -> Shape:
+    """The broadcast of ``shapes`` under numpy's rules; an unknown dim matches anything."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for axis in range(-ndim, 0):
+        dim: int | None = 1
+        for s in shapes:
+            if -axis > len(s):
+                continue
+            d = s[axis]
+            if d == 1:
+                continue
+            if d is None:
+                dim = None if dim == 1 else dim
+            elif dim is None or dim == 1:
+                dim = d
+            elif dim != d:
+                raise ShapeError(
+                    f"{op}: shapes {', '.join(fmt(s) for s in shapes)} cannot be broadcast together"
+                )
+        out.append(dim)
+    return tuple(out)
+
+
+def normalize_axes(op: str, axis: int | Iterable[int] | None, ndim: int) -> tuple[int, ...]:
+    """``axis`` (int, tuple or None for all) as a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    result = []
+    for a in axes:
+        if not isinstance(a, int) or isinstance(a, bool):
+            raise ShapeError(f"{op}: axis must be an int, a tuple of ints or None, got {a!r}")
+        if not -ndim <= a < ndim:
+            raise ShapeError(f"{op}: axis {a} is out of range for an input of rank {ndim}")
+        result.append(a % ndim)
+    if len(set(result)) != len(result):
+        raise ShapeError(f"{op}: repeated axis in {axis!r}")
+    return tuple(sorted(result))
+
+
+def reduced(shape: Shape, axes: Sequence[int], keepdims: bool) -> Shape:
+    """The shape left after reducing ``axes``."""
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+def same_or_unknown(a: int | None, b: int | None) -> bool:
+    return a is None or b is None or a == b
+
+
+def product(shape: Shape) -> int | None:
+    size = 1
+    for d in shape:
+        if d is None:
+            return None
+        size *= d
+    return size

@@ -1,0 +1,21 @@
+"""The execution layer: runs any DAG of Python callables, each task as soon as its
+parents' values exist, on a pluggable executor, with hooks for profiling.
+
+- ``Engine(executor="threads", workers=None, callbacks=())`` and ``engine.run`` /
+  ``engine.run_async`` for graph nodes; ``run(...)`` for one shot;
+- ``get(tasks, keys)`` for plain task graphs in dask's conventions;
+- ``Callback`` hooks and, on top of them, ``Profiler``.
+
+It knows nothing about derivatives; ``dataflow`` uses it to run graphs.
+"""
+
+from .callbacks import Callback, RunInfo, TaskRecord
+from .engine import Engine, get, run
+from .errors import CycleError, FeedError, NodeError, NumericsError, SchedulerError
+from .plan import Plan
+from .spec import NO_VALUE, TaskSpec
+
+__all__ = [
+    "Callback", "CycleError", "Engine", "FeedError", "NO_VALUE", "NodeError", "NumericsError",
+    "Plan", "RunInfo", "SchedulerError", "TaskRecord", "TaskSpec", "get", "run",
+]

@@ -1,0 +1,489 @@
+"""The engine: runs a plan's tasks, each as soon as its parents' values exist.
+
+State machine of one run (``_Run`` is the single owner of every transition; pool
+workers only run a kernel and report ``(value, start, end, worker)`` back)::
+
+    waiting --(last computed parent finished: pending count hits 0)--> ready
+    ready   --(cheap: the driving thread runs it inline)-------------> finished
+    ready   --(expensive, and fewer than `workers` in flight)--------> running
+    running --(its worker reported back)-----------------------------> finished
+    finished --(its last consumer finished, and it is not fetched)---> released
+
+``pending[p]`` counts the computed parents ``p`` still waits for (Kahn's algorithm);
+``consumers_left[p]`` counts the children that have not finished yet. Ready tasks wait
+in two heaps ordered by the plan's priority (its depth-first order). Whether a task is
+cheap or expensive comes from a cost model learned from measured durations, per task
+and per cost key (TensorFlow's executor does the same): a thread hand-off costs tens of
+microseconds, a tiny numpy op less than one, so tiny tasks never leave the driving
+thread and only heavy ones go to the pool, at most ``workers`` at a time, so that the
+priority decides what starts next. Literals and fed values are available at the start.
+
+On the first error nothing new starts, the tasks in flight are drained, and the error
+is raised as ``NodeError`` (TensorFlow's ``NodeDone``). A run that needs no pool (the
+``inline`` executor, or a plan whose tasks are all cheap) walks the plan's order on the
+calling thread with no per-task bookkeeping beyond freeing dead values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import heapq
+import queue
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .callbacks import Callback, RunInfo, TaskRecord
+from .errors import FeedError, NodeError, NumericsError, SchedulerError
+from .executors import (
+    EXECUTOR_NAMES,
+    call_timed,
+    default_workers,
+    inside_kernel,
+    make_pool,
+    pool_is_broken,
+    worker_name,
+)
+from .plan import EXPENSIVE_SECONDS, Plan
+from .spec import TaskSpec
+
+# Every LEARN_EVERY-th run of an all-cheap plan is timed, so that a task whose cost
+# grows (a larger feed) is noticed; the runs in between pay no timing at all.
+LEARN_EVERY = 8
+
+
+def _spec_of_object(key: Hashable) -> TaskSpec:
+    task = getattr(key, "__task__", None)
+    if task is None:
+        raise TypeError(f"cannot run {key!r}: fetches must be graph nodes (objects with __task__)")
+    return task()
+
+
+class Engine:
+    """Runs graphs on an executor. A context manager; closes what it started.
+
+    ``executor`` is ``"inline" | "threads" | "asyncio" | "processes" | "dask"`` or any
+    ``concurrent.futures.Executor`` (which the engine uses but does not shut down).
+    One engine may be used from many threads at once: each run has its own state.
+    """
+
+    def __init__(self, executor: Any = "threads", workers: int | None = None,
+                 callbacks: Iterable[Callback] = (), *, check_numerics: bool = False,
+                 plan_cache_size: int = 256):
+        if isinstance(executor, str):
+            if executor not in EXECUTOR_NAMES:
+                raise ValueError(f"unknown executor {executor!r}; expected one of "
+                                 f"{', '.join(EXECUTOR_NAMES)} or a concurrent.futures.Executor")
+            self.kind = executor
+            self._external = None
+        elif callable(getattr(executor, "submit", None)):
+            self.kind = "external"
+            self._external = executor
+        else:
+            raise TypeError(f"executor must be a name or an object with submit(), got {executor!r}")
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        self.workers = workers or getattr(executor, "_max_workers", None) or default_workers()
+        self.callbacks = tuple(callbacks)
+        self.check_numerics = check_numerics
+        self._plans: OrderedDict[Hashable, Plan] = OrderedDict()
+        self._plan_cache_size = plan_cache_size
+        self._costs: dict[Hashable, float] = {}
+        self._lock = threading.Lock()
+        self._owned: dict[str, Any] = {}  # pools this engine created: closed with it
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _shutdown_pools, self._owned)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Shut down the pools this engine started. Runs in flight finish their tasks."""
+        self._closed = True
+        self._finalizer()
+
+    def __repr__(self) -> str:
+        return f"<Engine executor={self.kind} workers={self.workers}{' closed' if self._closed else ''}>"
+
+    def _pool(self) -> Any:
+        if self._external is not None:
+            return self._external
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this engine is closed")
+            pool = self._owned.get("pool")
+            if pool is not None and pool_is_broken(pool):
+                # A dead worker broke the pool; the failed run reported it, the next gets a new one.
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = None
+            if pool is None:
+                pool = self._owned["pool"] = make_pool(self.kind, self.workers)
+            return pool
+
+    # -- running dataflow nodes ----------------------------------------------------------
+    def run(self, fetches: Any, feeds: Mapping | None = None, *, timeout: float | None = None,
+            callbacks: Iterable[Callback] = ()) -> Any:
+        """Compute ``fetches`` (a node, a list/tuple of nodes, or a dict of them) and
+        return their values in the same structure, as numpy arrays."""
+        keys, pack = _flatten_fetches(fetches)
+        feeds = dict(feeds or {})
+        plan = self.plan(keys, feeds)
+        values = self.execute(plan, feeds, timeout=timeout, callbacks=callbacks)
+        return pack([_as_array(v) for v in values])
+
+    async def run_async(self, fetches: Any, feeds: Mapping | None = None, *,
+                        timeout: float | None = None, callbacks: Iterable[Callback] = ()) -> Any:
+        """``run`` from inside an event loop. The run is driven from a coordinator thread
+        and its kernels run there or in the pool, never on the loop, which stays free."""
+        loop = asyncio.get_running_loop()
+        coordinators = self._coordinators()
+        return await loop.run_in_executor(
+            coordinators, lambda: self.run(fetches, feeds, timeout=timeout, callbacks=callbacks))
+
+    def _coordinators(self) -> cf.ThreadPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this engine is closed")
+            pool = self._owned.get("coordinators")
+            if pool is None:
+                pool = self._owned["coordinators"] = cf.ThreadPoolExecutor(
+                    max_workers=32, thread_name_prefix="dataflow-coordinator")
+            return pool
+
+    def plan(self, keys: list, feeds: Mapping) -> Plan:
+        """The cached plan for these fetch keys and fed keys (compiled on first use)."""
+        for key in feeds:
+            if not hasattr(key, "__task__"):
+                raise FeedError(f"feed key {key!r} is not a graph node")
+        cache_key = (tuple(keys), frozenset(feeds))
+        with self._lock:
+            plan = self._plans.get(cache_key)
+            if plan is not None:
+                self._plans.move_to_end(cache_key)
+                return plan
+        plan = Plan(keys, list(feeds), _spec_of_object)
+        plan.seed_estimates(self._costs)
+        with self._lock:
+            self._plans[cache_key] = plan
+            if len(self._plans) > self._plan_cache_size:
+                self._plans.popitem(last=False)
+        return plan
+
+    # -- running a compiled plan ---------------------------------------------------------
+    def execute(self, plan: Plan, feeds: Mapping, *, timeout: float | None = None,
+                callbacks: Iterable[Callback] = ()) -> list[Any]:
+        """Run ``plan`` with ``feeds`` (keyed like the plan's keys) and return the
+        fetched values in the plan's fetch order."""
+        if self._closed:
+            raise RuntimeError("this engine is closed")
+        values = list(plan.template)
+        for p, key, check in plan.feed_slots:
+            value = feeds[key]
+            if check is not None:
+                try:
+                    value = check(value)
+                except (TypeError, ValueError) as exc:
+                    raise FeedError(str(exc)) from None
+            values[p] = value
+        cbs = self.callbacks + tuple(callbacks)
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        plain = not cbs and not self.check_numerics and deadline is None
+        learn = plan.runs % LEARN_EVERY == 0
+        plan.runs += 1
+
+        reentrant = inside_kernel()
+        if self.kind == "inline" or reentrant or (not plan.any_expensive and not learn and plain):
+            if plain and not learn:
+                _walk(plan, values)
+            else:
+                run = _Run(self, plan, values, None, cbs, deadline, reentrant or self.kind == "inline")
+                run.drive()
+        else:
+            run = _Run(self, plan, values, self._pool(), cbs, deadline, False)
+            run.drive()
+        return [values[p] for p in plan.fetch_positions]
+
+    # -- running plain task graphs ---------------------------------------------------------
+    def get(self, tasks: Mapping, keys: Any, *, feeds: Mapping | None = None,
+            timeout: float | None = None, callbacks: Iterable[Callback] = ()) -> Any:
+        """Run a task graph in dask's conventions and return the values of ``keys``
+        (one key, or a nested list of keys)."""
+        from .taskgraph import TaskGraphSource, flatten_keys, pack_results
+
+        source = TaskGraphSource(tasks)
+        wanted = flatten_keys(keys)
+        for key in wanted:
+            if key not in source:
+                raise KeyError(f"key {key!r} is not in the task graph")
+        feeds = dict(feeds or {})
+        for key in feeds:
+            if key not in source:
+                raise FeedError(f"feed key {key!r} is not in the task graph")
+        plan = Plan(wanted, list(feeds), source.spec)
+        plan.seed_estimates(self._costs)
+        values = self.execute(plan, feeds, timeout=timeout, callbacks=callbacks)
+        return pack_results(keys, dict(zip(wanted, values)))
+
+
+def _walk(plan: Plan, values: list) -> None:
+    """Run every task in the plan's order on this thread, freeing values as they die."""
+    p = -1
+    try:
+        for p, kernel, args, dies in plan.steps:
+            values[p] = kernel(*[values[a] for a in args])
+            for d in dies:
+                values[d] = None
+    except Exception as exc:
+        raise NodeError(plan.names[p], plan.ops[p], exc) from exc
+
+
+class _Run:
+    """The state of one run. Only the driving thread touches it."""
+
+    def __init__(self, engine: Engine, plan: Plan, values: list, pool: Any,
+                 callbacks: tuple[Callback, ...], deadline: float | None, inline: bool):
+        self.engine = engine
+        self.plan = plan
+        self.values = values
+        self.pool = pool
+        self.callbacks = callbacks
+        self.deadline = deadline
+        self.inline = inline
+        self.check_numerics = engine.check_numerics
+        self.pending = list(plan.initial_pending)
+        self.consumers_left = list(plan.consumers)
+        self.cheap: list[int] = []
+        self.costly: list[int] = []
+        self.in_flight = 0
+        self.finished = 0
+        self.done = bytearray(len(plan))
+        self.durations: dict[int, float] = {}
+        self.error: tuple[int, BaseException] | None = None
+        self.completions: queue.SimpleQueue = queue.SimpleQueue()
+        self.started = time.perf_counter()
+        self.ready_at = [self.started] * len(plan) if callbacks else None
+        self.driver = worker_name()
+        self.info = RunInfo(plan, engine.kind, 0 if inline else engine.workers, self.started,
+                            list(plan.keys[p] for p in plan.fetch_positions))
+        for p in plan.initial_ready:
+            self._make_ready(p)
+
+    # -- transitions ---------------------------------------------------------------------
+    def _make_ready(self, p: int) -> None:
+        if self.inline:
+            heapq.heappush(self.cheap, p)
+            return
+        plan = self.plan
+        estimate = plan.estimates[p]
+        if estimate is None:
+            estimate = self.engine._costs.get(plan.cost_keys[p]) if plan.cost_keys[p] is not None else None
+        heapq.heappush(self.costly if estimate is not None and estimate > EXPENSIVE_SECONDS
+                       else self.cheap, p)
+
+    def _finish(self, p: int, value: Any, start: float, end: float, worker: str) -> None:
+        plan = self.plan
+        if self.check_numerics:
+            _check_finite(plan, p, value)
+        self.values[p] = value
+        self.finished += 1
+        self.done[p] = 1
+        self.durations[p] = end - start
+        if self.callbacks:
+            record = TaskRecord(p, plan.keys[p], plan.names[p], plan.ops[p], worker,
+                                self.ready_at[p], start, end, value)
+            for cb in self.callbacks:
+                cb.posttask(self.info, record)
+        pending = self.pending
+        for c in plan.children[p]:
+            pending[c] -= 1
+            if pending[c] == 0:
+                if self.ready_at is not None:
+                    self.ready_at[c] = end
+                self._make_ready(c)
+        left, keep, values = self.consumers_left, plan.keep, self.values
+        for q in plan.parents[p]:
+            left[q] -= 1
+            if left[q] == 0 and not keep[q]:
+                values[q] = None
+
+    def _run_inline(self, p: int) -> None:
+        plan, values = self.plan, self.values
+        for cb in self.callbacks:
+            cb.pretask(self.info, p)
+        start = time.perf_counter()
+        try:
+            value = plan.kernels[p](*[values[a] for a in plan.args[p]])
+        except Exception as exc:
+            self.error = (p, exc)
+            return
+        end = time.perf_counter()
+        if not self.inline and end - start > EXPENSIVE_SECONDS and plan.cost_keys[p] is not None:
+            # Learn at once, so that this task's siblings already go to the pool.
+            self.engine._costs[plan.cost_keys[p]] = end - start
+        self._finish(p, value, start, end, self.driver)
+
+    def _submit(self, p: int) -> None:
+        plan, values = self.plan, self.values
+        for cb in self.callbacks:
+            cb.pretask(self.info, p)
+        args = tuple(values[a] for a in plan.args[p])
+        put = self.completions.put
+        try:
+            future = self.pool.submit(call_timed, plan.kernels[p], args)
+        except Exception as exc:  # a closed or broken pool refuses new work
+            self.error = (p, exc)
+            return
+        self.in_flight += 1
+        future.add_done_callback(lambda f, p=p: put((p, f)))
+
+    def _complete(self, p: int, future: cf.Future) -> None:
+        self.in_flight -= 1
+        try:
+            value, start, end, worker = future.result()
+        except BaseException as exc:  # noqa: BLE001 - reported as the node's error
+            if self.error is None:
+                self.error = (p, exc)
+            return
+        if self.error is None:
+            try:
+                self._finish(p, value, start, end, worker)
+            except Exception as exc:
+                self.error = (p, exc)
+
+    # -- the driving loop --------------------------------------------------------------------
+    def drive(self) -> None:
+        for cb in self.callbacks:
+            cb.start(self.info)
+        failure: BaseException | None = None
+        try:
+            self._loop()
+            if self.error is not None:
+                p, exc = self.error
+                if p < 0 or isinstance(exc, SchedulerError):
+                    raise exc
+                raise NodeError(self.plan.names[p], self.plan.ops[p], exc) from exc
+            self.plan.learn(self.durations, self.engine._costs)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            _finish_callbacks(self.callbacks, self.info, failure)
+
+    def _loop(self) -> None:
+        plan = self.plan
+        workers = self.engine.workers
+        completions = self.completions
+        while True:
+            if self.error is None:
+                while self.costly and self.in_flight < workers:
+                    self._submit(heapq.heappop(self.costly))
+                if self.cheap and self.error is None:
+                    self._check_deadline()
+                    try:
+                        self._run_inline(heapq.heappop(self.cheap))
+                    except Exception as exc:  # a callback or the numerics check
+                        if self.error is None:
+                            self.error = (-1, exc)
+                    while self.in_flight:
+                        try:
+                            self._complete(*completions.get_nowait())
+                        except queue.Empty:
+                            break
+                    continue
+            if not self.in_flight:
+                break
+            wait = None
+            if self.deadline is not None and self.error is None:
+                wait = max(self.deadline - time.perf_counter(), 0.0)
+            try:
+                item = completions.get(timeout=wait)
+            except queue.Empty:
+                self._raise_timeout()
+            self._complete(*item)
+        if self.error is None and self.finished < len(plan.compute):
+            raise RuntimeError("the run stopped with tasks left unfinished (an engine bug)")
+
+    def _check_deadline(self) -> None:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            self._raise_timeout()
+
+    def _raise_timeout(self) -> None:
+        plan = self.plan
+        unfinished = [plan.names[p] for p in plan.compute if not self.done[p]]
+        shown = ", ".join(repr(n) for n in unfinished[:10])
+        more = f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else ""
+        raise TimeoutError(f"run timed out with {len(unfinished)} unfinished nodes: {shown}{more}")
+
+
+def _finish_callbacks(callbacks: tuple[Callback, ...], info: RunInfo,
+                      error: BaseException | None) -> None:
+    """Call every callback's ``finish``, even when one of them raises; re-raise the first."""
+    first: BaseException | None = None
+    for cb in callbacks:
+        try:
+            cb.finish(info, error)
+        except BaseException as exc:  # noqa: BLE001
+            first = first or exc
+    if first is not None and error is None:
+        raise first
+
+
+def _check_finite(plan: Plan, p: int, value: Any) -> None:
+    if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "fc":
+        if not np.isfinite(value).all():
+            what = "NaN" if np.isnan(value).any() else "Inf"
+            raise NumericsError(plan.names[p], plan.ops[p], what)
+
+
+def _as_array(value: Any) -> Any:
+    return np.asarray(value) if isinstance(value, np.generic) else value
+
+
+def _flatten_fetches(fetches: Any) -> tuple[list, Any]:
+    """The distinct fetch keys, and a function that puts values back in the fetches' shape."""
+    if isinstance(fetches, dict):
+        names = list(fetches)
+        keys = list(dict.fromkeys(fetches[n] for n in names))
+        where = {k: i for i, k in enumerate(keys)}
+        return keys, lambda vals: {n: vals[where[fetches[n]]] for n in names}
+    if isinstance(fetches, (list, tuple)):
+        keys = list(dict.fromkeys(fetches))
+        where = {k: i for i, k in enumerate(keys)}
+        kind = type(fetches)
+        return keys, lambda vals: kind(vals[where[f]] for f in fetches)
+    return [fetches], lambda vals: vals[0]
+
+
+def _shutdown_pools(owned: dict) -> None:
+    for name in list(owned):
+        pool = owned.pop(name)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run(fetches: Any, feeds: Mapping | None = None, *, executor: Any = "threads",
+        workers: int | None = None, timeout: float | None = None,
+        callbacks: Iterable[Callback] = (), check_numerics: bool = False) -> Any:
+    """One-shot ``Engine(executor, workers).run(fetches, feeds)``."""
+    with Engine(executor, workers, check_numerics=check_numerics) as engine:
+        return engine.run(fetches, feeds, timeout=timeout, callbacks=callbacks)
+
+
+def get(tasks: Mapping, keys: Any, executor: Any = "threads", workers: int | None = None, *,
+        feeds: Mapping | None = None, timeout: float | None = None,
+        callbacks: Iterable[Callback] = (), check_numerics: bool = False,
+        num_workers: int | None = None, **dask_options: Any) -> Any:
+    """Run a task graph ``{key: (callable, *args)}`` in dask's conventions; usable as
+    ``dask.compute(x, scheduler=scheduler.get)``. dask's other scheduler options
+    (``dask_options``) are accepted and ignored."""
+    with Engine(executor, workers or num_workers, check_numerics=check_numerics) as engine:
+        return engine.get(tasks, keys, feeds=feeds, timeout=timeout, callbacks=callbacks)

@@ -1,0 +1,71 @@
+"""Where kernels run: turning ``executor=`` (a name or an object) into a pool.
+
+Every pool follows ``concurrent.futures.Executor`` (``submit`` returns a future), so
+the engine drives thread pools, process pools, dask clients and user executors alike.
+The engine owns the pools it creates here and shuts them down when it closes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import threading
+import time
+from typing import Any
+
+EXECUTOR_NAMES = ("inline", "threads", "asyncio", "processes", "dask")
+
+_in_kernel = threading.local()
+
+
+def inside_kernel() -> bool:
+    """True while this thread is running a kernel for an engine (a re-entrant run)."""
+    return getattr(_in_kernel, "depth", 0) > 0
+
+
+def call_timed(kernel: Any, args: tuple) -> tuple[Any, float, float, str]:
+    """Run one kernel in a worker and report (value, start, end, worker name).
+
+    ``time.perf_counter`` is CLOCK_MONOTONIC on Linux, shared by all processes of the
+    machine, so times taken in pool processes line up with the driver's."""
+    _in_kernel.depth = getattr(_in_kernel, "depth", 0) + 1
+    try:
+        start = time.perf_counter()
+        value = kernel(*args)
+        end = time.perf_counter()
+    finally:
+        _in_kernel.depth -= 1
+    return value, start, end, worker_name()
+
+
+def worker_name() -> str:
+    thread = threading.current_thread()
+    if multiprocessing.parent_process() is not None:
+        return f"process-{os.getpid()}"
+    return thread.name
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def make_pool(kind: str, workers: int) -> Any:
+    """A new pool for a named executor kind (``None`` for ``inline``)."""
+    if kind == "inline":
+        return None
+    if kind in ("threads", "asyncio"):
+        return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"dataflow-{kind}")
+    if kind == "processes":
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    if kind == "dask":
+        from .dask_executor import DaskExecutor
+
+        return DaskExecutor(n_workers=workers)
+    raise ValueError(f"unknown executor {kind!r}; expected one of {', '.join(EXECUTOR_NAMES)} "
+                     "or a concurrent.futures.Executor")
+
+
+def pool_is_broken(pool: Any) -> bool:
+    return bool(getattr(pool, "_broken", False))

@@ -1,0 +1,45 @@
+"""What the planner needs to know about one task, whatever graph it comes from.
+
+A graph source (a dict in dask's conventions, or the nodes of a ``dataflow.Graph``)
+describes each of its keys as a :class:`TaskSpec`. The planner and engine see nothing
+else, which is why the execution layer can run any DAG of Python callables.
+
+Objects used as fetches in :meth:`scheduler.Engine.run` take part by having a
+``__task__()`` method that returns their ``TaskSpec`` (the dataflow ``Node`` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
+
+class _NoValue:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_VALUE"
+
+
+NO_VALUE: Any = _NoValue()
+
+
+class TaskSpec(NamedTuple):
+    """One task: ``kernel(*values_of(deps))``, a literal ``value``, or a value to be fed.
+
+    - ``kernel`` is called with the values of ``deps`` as positional arguments.
+    - ``kernel is None`` and ``value is not NO_VALUE``: a literal, available at once.
+    - ``kernel is None`` and ``value is NO_VALUE``: the task must be fed at run time.
+    - ``check_feed(value)`` validates and converts a fed value (raising ``ValueError``
+      or ``TypeError`` with a message); ``None`` accepts anything.
+    - ``cost_key`` groups tasks whose durations are alike (same op, same shapes), so
+      the cost model can guess a task's duration before it has run once.
+    """
+
+    kernel: Callable[..., Any] | None
+    deps: tuple
+    name: str
+    op: str
+    value: Any = NO_VALUE
+    cost_key: Hashable = None
+    check_feed: Callable[[Any], Any] | None = None
