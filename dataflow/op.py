@@ -185,7 +185,8 @@ def custom_op(name: str, forward: Callable[..., Any],
 
     - ``forward(*arrays) -> array``: the numpy computation.
     - ``shape_rule(*input_nodes) -> (shape, dtype)``: the static rule; the default is
-      elementwise broadcasting with numpy's dtype promotion for ``forward``.
+      elementwise: the inputs' broadcast shape and their promoted dtype (``forward`` is
+      never called while the graph is built).
     - ``bprop(inputs, output, grad) -> tuple`` of one node (or ``None``) per input.
       Without it the op works forward and raises ``GradientError`` under ``gradients``.
     """
@@ -208,7 +209,7 @@ def custom_op(name: str, forward: Callable[..., Any],
     else:
         def _elementwise(self: Op, *inputs: Node) -> tuple[tuple, np.dtype]:
             shape = broadcast(name, *(n.shape for n in inputs))
-            return shape, result_dtype(forward, [n.dtype for n in inputs])
+            return shape, np.result_type(*(n.dtype for n in inputs))
 
         namespace["infer"] = _elementwise
     if bprop is not None:

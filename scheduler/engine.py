@@ -50,12 +50,12 @@ from .executors import (
     pool_is_broken,
     worker_name,
 )
-from .plan import EXPENSIVE_SECONDS, Plan
+from .plan import DEFAULT_INLINE_THRESHOLD, Plan
 from .spec import TaskSpec
 
 # Every LEARN_EVERY-th run of an all-cheap plan is timed, so that a task whose cost
 # grows (a larger feed) is noticed; the runs in between pay no timing at all.
-LEARN_EVERY = 8
+LEARN_EVERY = 32
 
 
 def _spec_of_object(key: Hashable) -> TaskSpec:
@@ -75,7 +75,7 @@ class Engine:
 
     def __init__(self, executor: Any = "threads", workers: int | None = None,
                  callbacks: Iterable[Callback] = (), *, check_numerics: bool = False,
-                 plan_cache_size: int = 256):
+                 inline_threshold: float = DEFAULT_INLINE_THRESHOLD, plan_cache_size: int = 256):
         if isinstance(executor, str):
             if executor not in EXECUTOR_NAMES:
                 raise ValueError(f"unknown executor {executor!r}; expected one of "
@@ -92,6 +92,9 @@ class Engine:
         self.workers = workers or getattr(executor, "_max_workers", None) or default_workers()
         self.callbacks = tuple(callbacks)
         self.check_numerics = check_numerics
+        #: tasks measured (or, for their cost key, known) to take longer than this many
+        #: seconds go to the pool; the rest run on the driving thread. 0 sends all to the pool.
+        self.inline_threshold = float(inline_threshold)
         self._plans: OrderedDict[Hashable, Plan] = OrderedDict()
         self._plan_cache_size = plan_cache_size
         self._costs: dict[Hashable, float] = {}
@@ -172,7 +175,7 @@ class Engine:
                 self._plans.move_to_end(cache_key)
                 return plan
         plan = Plan(keys, list(feeds), _spec_of_object)
-        plan.seed_estimates(self._costs)
+        plan.seed_estimates(self._costs, self.inline_threshold)
         with self._lock:
             self._plans[cache_key] = plan
             if len(self._plans) > self._plan_cache_size:
@@ -198,7 +201,7 @@ class Engine:
         cbs = self.callbacks + tuple(callbacks)
         deadline = None if timeout is None else time.perf_counter() + timeout
         plain = not cbs and not self.check_numerics and deadline is None
-        learn = plan.runs % LEARN_EVERY == 0
+        learn = plan.runs < 2 or plan.runs % LEARN_EVERY == 0
         plan.runs += 1
 
         reentrant = inside_kernel()
@@ -230,7 +233,7 @@ class Engine:
             if key not in source:
                 raise FeedError(f"feed key {key!r} is not in the task graph")
         plan = Plan(wanted, list(feeds), source.spec)
-        plan.seed_estimates(self._costs)
+        plan.seed_estimates(self._costs, self.inline_threshold)
         values = self.execute(plan, feeds, timeout=timeout, callbacks=callbacks)
         return pack_results(keys, dict(zip(wanted, values)))
 
@@ -260,6 +263,7 @@ class _Run:
         self.deadline = deadline
         self.inline = inline
         self.check_numerics = engine.check_numerics
+        self.threshold = engine.inline_threshold
         self.pending = list(plan.initial_pending)
         self.consumers_left = list(plan.consumers)
         self.cheap: list[int] = []
@@ -285,10 +289,11 @@ class _Run:
             return
         plan = self.plan
         estimate = plan.estimates[p]
-        if estimate is None:
-            estimate = self.engine._costs.get(plan.cost_keys[p]) if plan.cost_keys[p] is not None else None
-        heapq.heappush(self.costly if estimate is not None and estimate > EXPENSIVE_SECONDS
-                       else self.cheap, p)
+        if estimate is None and plan.cost_keys[p] is not None:
+            estimate = self.engine._costs.get(plan.cost_keys[p])
+        threshold = self.threshold
+        expensive = threshold == 0 or (estimate is not None and estimate > threshold)
+        heapq.heappush(self.costly if expensive else self.cheap, p)
 
     def _finish(self, p: int, value: Any, start: float, end: float, worker: str) -> None:
         plan = self.plan
@@ -327,7 +332,7 @@ class _Run:
             self.error = (p, exc)
             return
         end = time.perf_counter()
-        if not self.inline and end - start > EXPENSIVE_SECONDS and plan.cost_keys[p] is not None:
+        if not self.inline and end - start > self.threshold and plan.cost_keys[p] is not None:
             # Learn at once, so that this task's siblings already go to the pool.
             self.engine._costs[plan.cost_keys[p]] = end - start
         self._finish(p, value, start, end, self.driver)
@@ -372,7 +377,7 @@ class _Run:
                 if p < 0 or isinstance(exc, SchedulerError):
                     raise exc
                 raise NodeError(self.plan.names[p], self.plan.ops[p], exc) from exc
-            self.plan.learn(self.durations, self.engine._costs)
+            self.plan.learn(self.durations, self.engine._costs, self.engine.inline_threshold)
         except BaseException as exc:
             failure = exc
             raise

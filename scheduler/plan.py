@@ -25,7 +25,7 @@ SpecOf = Callable[[Hashable], TaskSpec]
 
 # Per-task cost estimates start unknown; a task is "expensive" (worth a thread hand-off)
 # once it has been measured above this many seconds. A hand-off costs tens of µs.
-EXPENSIVE_SECONDS = 40e-6
+DEFAULT_INLINE_THRESHOLD = 40e-6
 
 
 class Plan:
@@ -109,15 +109,16 @@ class Plan:
     def describe(self, p: int) -> str:
         return f"{self.names[p]!r} (op {self.ops[p]})"
 
-    def seed_estimates(self, table: dict[Hashable, float]) -> None:
+    def seed_estimates(self, table: dict[Hashable, float], threshold: float) -> None:
         """Start from the engine-wide estimates of tasks with the same cost key."""
         for p in self.compute:
             key = self.cost_keys[p]
             if key is not None and key in table:
                 self.estimates[p] = table[key]
-        self.reclassify()
+        self.reclassify(threshold)
 
-    def learn(self, durations: dict[int, float], table: dict[Hashable, float]) -> None:
+    def learn(self, durations: dict[int, float], table: dict[Hashable, float],
+              threshold: float) -> None:
         """Fold measured durations into the estimates (exponential moving average)."""
         estimates, cost_keys = self.estimates, self.cost_keys
         for p, seconds in durations.items():
@@ -127,10 +128,12 @@ class Plan:
             if key is not None:
                 prev = table.get(key)
                 table[key] = seconds if prev is None else 0.7 * prev + 0.3 * seconds
-        self.reclassify()
+        self.reclassify(threshold)
 
-    def reclassify(self) -> None:
-        self.expensive = [e is not None and e > EXPENSIVE_SECONDS for e in self.estimates]
+    def reclassify(self, threshold: float) -> None:
+        """Mark the tasks worth a hand-off to the pool; with ``threshold`` 0, all of them."""
+        self.expensive = [threshold == 0 or (e is not None and e > threshold)
+                          for e in self.estimates]
         self.any_expensive = any(self.expensive)
 
 

@@ -3,6 +3,7 @@ with ``keepdims``. ``max``/``min`` send their gradient to the first arg-extremum
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,7 @@ class Mean(Reduction):
         axes = normalize_axes(self.name, self.axis, len(x.shape))
         count = product([x.shape[a] for a in axes])
         if count is not None:
-            scale = constant(np.asarray(1.0 / max(count, 1), grad.dtype), graph=grad.graph)
+            scale = constant(np.asarray(1.0 / builtins.max(count, 1), grad.dtype), graph=grad.graph)
         else:
             scale = apply(InverseCount(axis=axes, dtype=grad.dtype), x)
         return (self.expanded(grad * scale, x),)
@@ -74,7 +75,7 @@ class InverseCount(Op):
 
     def forward(self, x):
         shape = np.shape(x)
-        return np.asarray(1.0 / max(int(np.prod([shape[a] for a in self.axis])), 1), self.dtype)
+        return np.asarray(1.0 / builtins.max(int(np.prod([shape[a] for a in self.axis])), 1), self.dtype)
 
     def bprop(self, inputs, output, grad, wanted):
         return (None,)
