@@ -162,8 +162,10 @@ class Graph:
         """Graphviz DOT text: one box per node (name, op, shape, dtype), edges parent -> child."""
         lines = [f'digraph "{_dot_escape(self.name)}" {{', "  node [shape=box, fontsize=10];"]
         for node in self._nodes:
-            label = f"{node.name}\\n{node.op.name} {fmt(node.shape)} {node.dtype}"
-            lines.append(f'  n{node.id} [label="{_dot_escape(label)}"];')
+            # Escape the parts, then join them with DOT's own line break ``\n``.
+            label = _dot_escape(node.name) + "\\n" + _dot_escape(
+                f"{node.op.name} {fmt(node.shape)} {node.dtype}")
+            lines.append(f'  n{node.id} [label="{label}"];')
         for node in self._nodes:
             for parent in node.inputs:
                 lines.append(f"  n{parent.id} -> n{node.id};")
@@ -172,7 +174,10 @@ class Graph:
 
 
 def _dot_escape(text: str) -> str:
-    return text.replace('"', '\\"')
+    """Text for inside a DOT double-quoted string: backslashes and quotes escaped, line
+    breaks as ``\\n`` (a raw newline or a lone backslash would change the label)."""
+    return (text.replace("\\", "\\\\").replace('"', '\\"')
+            .replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n"))
 
 
 class Node:
