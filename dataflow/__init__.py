@@ -12,6 +12,7 @@ same graph (symbol-to-symbol back-propagation), and run it with ``scheduler``.
 
 from .checking import check_grads
 from .errors import DataflowError, GradientError, GraphError, LoadError, ShapeError
+from . import models
 from .gradients import grad, gradients, hessian_vector_product, jacobian
 from .graph import (
     Graph,
@@ -25,10 +26,11 @@ from .graph import (
 from .op import REGISTRY, Op, apply, custom_op
 from .ops import *  # noqa: F403 - the op library is the package's vocabulary
 from .ops import __all__ as _ops_all
+from .serialization import load, save
 
 __all__ = [
     "DataflowError", "GradientError", "Graph", "GraphError", "LoadError", "Node", "Op",
     "REGISTRY", "ShapeError", "apply", "check_grads", "custom_op", "get_consumers",
     "get_default_graph", "get_inputs", "get_operation", "grad", "gradients",
-    "hessian_vector_product", "jacobian", "reset_default_graph", *_ops_all,
+    "hessian_vector_product", "jacobian", "load", "reset_default_graph", "save", *_ops_all,
 ]

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import GradientError, GraphError, ShapeError
 from .graph import Node
-from .ops import add_n, constant, ones_like, reshape, stack, zeros_like
+from .ops import add_n, cast, constant, ones_like, reshape, stack, zeros_like
 from .shapes import fmt, is_known, same_or_unknown
 
 UNCONNECTED = ("zero", "none", "raise")
@@ -40,7 +40,8 @@ def _as_list(value: Any, what: str) -> tuple[list, bool]:
         if not all(isinstance(v, Node) for v in value):
             raise GraphError(f"gradients: every entry of {what} must be a Node")
         return list(value), False
-    raise GraphError(f"gradients: {what} must be a node or a list of nodes, got {type(value).__name__}")
+    raise GraphError(f"gradients: {what} must be a node or a list of nodes, "
+                     f"got {type(value).__name__}")
 
 
 def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
@@ -53,7 +54,8 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
     ``"raise"`` (``GradientError``).
     """
     if unconnected not in UNCONNECTED:
-        raise ValueError(f"gradients: unconnected must be one of {UNCONNECTED}, got {unconnected!r}")
+        raise ValueError(f"gradients: unconnected must be one of {UNCONNECTED}, "
+                         f"got {unconnected!r}")
     y_list, _ = _as_list(ys, "ys")
     x_list, _ = _as_list(xs, "xs")
     if not y_list:
@@ -67,7 +69,7 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
 
     between = _nodes_between(x_list, y_list)
     contributions: dict[int, list[Node]] = {}
-    for y, seed in zip(y_list, seeds):
+    for y, seed in zip(y_list, seeds, strict=True):
         if y.id in between:
             contributions.setdefault(y.id, []).append(seed)
 
@@ -93,9 +95,13 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
         if len(results) != len(node.inputs):
             raise GradientError(f"op {node.op.name!r}: bprop returned {len(results)} gradients "
                                 f"for {len(node.inputs)} inputs")
-        for parent, want, g in zip(node.inputs, wanted, results):
+        for parent, want, g in zip(node.inputs, wanted, results, strict=True):
             if want and g is not None:
                 _check_gradient_shape(node, parent, g)
+                if g.dtype != parent.dtype:
+                    # numpy's promotion may have widened it (float32 x times a float64
+                    # node); a gradient always has the dtype of the value it is for
+                    g = cast(g, parent.dtype)
                 contributions.setdefault(parent.id, []).append(g)
 
     out: list[Node | None] = []
@@ -113,12 +119,20 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
 def _seed_gradients(ys: list[Node], grad_ys: Any) -> list[Node]:
     if grad_ys is None:
         return [ones_like(y) for y in ys]
-    seeds_in = [grad_ys] if isinstance(ys, list) and len(ys) == 1 and not isinstance(
-        grad_ys, (list, tuple)) else list(grad_ys)
+    # A list or tuple holds one seed per y; anything else is the one seed of a single y.
+    # (Never ``list(grad_ys)`` on an array or node: that would split it along axis 0.)
+    if isinstance(grad_ys, (list, tuple)):
+        seeds_in = list(grad_ys)
+    elif len(ys) == 1:
+        seeds_in = [grad_ys]
+    else:
+        raise GraphError(f"gradients: grad_ys must be a list of {len(ys)} seeds, one per y, "
+                         f"got {type(grad_ys).__name__}")
     if len(seeds_in) != len(ys):
-        raise GraphError(f"gradients: {len(seeds_in)} grad_ys for {len(ys)} ys")
+        raise GraphError(f"gradients: {len(seeds_in)} grad_ys for {len(ys)} ys (grad_ys is a "
+                         "list with one seed per y; a single y takes its seed as an array)")
     seeds = []
-    for y, seed in zip(ys, seeds_in):
+    for y, seed in zip(ys, seeds_in, strict=True):
         if seed is None:
             seeds.append(ones_like(y))
             continue
@@ -135,7 +149,8 @@ def _seed_gradients(ys: list[Node], grad_ys: Any) -> list[Node]:
 
 def _nodes_between(xs: list[Node], ys: list[Node]) -> dict[int, Node]:
     """Differentiable nodes that are ancestors of some y (or a y) and descendants of
-    some x (or an x), keyed by id. Two iterative passes, no recursion."""
+    some x (or an x) through ops that pass gradients on (not ``stops_gradient``),
+    keyed by id. Two iterative passes, no recursion."""
     ancestors: dict[int, Node] = {}
     stack = [y for y in ys if is_differentiable(y)]
     while stack:
@@ -148,7 +163,8 @@ def _nodes_between(xs: list[Node], ys: list[Node]) -> dict[int, Node]:
     between: dict[int, Node] = {}
     for node_id in sorted(ancestors):
         node = ancestors[node_id]
-        if node_id in x_ids or any(p.id in between for p in node.inputs):
+        if node_id in x_ids or (not node.op.stops_gradient
+                                and any(p.id in between for p in node.inputs)):
             between[node_id] = node
     return between
 
@@ -200,5 +216,10 @@ def hessian_vector_product(y: Node, x: Node, v: Any) -> Node:
         raise ShapeError(f"hessian_vector_product: {y.name!r} must be a scalar, got {fmt(y.shape)}")
     from .ops import sum as sum_
 
+    v_shape = v.shape if isinstance(v, Node) else np.shape(v)
+    if len(v_shape) != len(x.shape) or not all(map(same_or_unknown, v_shape, x.shape)):
+        # ``g * v`` would broadcast and silently give the product with a summed v
+        raise ShapeError(f"hessian_vector_product: v of shape {fmt(v_shape)} does not match "
+                         f"{x.name!r} of shape {fmt(x.shape)}")
     g = grad(y, x)
     return grad(sum_(g * v), x)

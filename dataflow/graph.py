@@ -119,7 +119,8 @@ class Graph:
         if not isinstance(node, Node):
             raise GraphError(f"expected a Node, got {type(node).__name__}")
         if node.graph is not self:
-            raise GraphError(f"node {node.name!r} belongs to graph {node.graph.name!r}, not {self.name!r}")
+            raise GraphError(f"node {node.name!r} belongs to graph {node.graph.name!r}, "
+                             f"not {self.name!r}")
 
     def _add(self, op: Op, inputs: tuple[Node, ...], shape: tuple, dtype: np.dtype,
              name: str | None) -> Node:
@@ -344,6 +345,8 @@ def get_operation(v: Node) -> Op:
 
 def get_inputs(v: Node, g: Graph | None = None) -> tuple[Node, ...]:
     """The parents of ``v`` (the op's inputs, in slot order)."""
+    if not isinstance(v, Node):
+        raise GraphError(f"expected a Node, got {type(v).__name__}")
     if g is not None:
         g._check_member(v)
     return v.inputs
@@ -351,4 +354,6 @@ def get_inputs(v: Node, g: Graph | None = None) -> tuple[Node, ...]:
 
 def get_consumers(v: Node, g: Graph | None = None) -> tuple[Node, ...]:
     """The children of ``v`` in ``g``: the nodes that take ``v`` as an input."""
-    return (g or v.graph).consumers(v)
+    if not isinstance(v, Node):
+        raise GraphError(f"expected a Node, got {type(v).__name__}")
+    return (v.graph if g is None else g).consumers(v)

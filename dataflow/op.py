@@ -25,7 +25,8 @@ the input nodes, the output node and the gradient ``grad`` with respect to the o
 it returns one node (or ``None`` for "no gradient") per input, shaped like that input.
 ``wanted[i]`` says whether input ``i`` needs its gradient at all, so an op can skip
 building nodes nobody asked for. An op without ``bprop`` is allowed; asking for a
-gradient through it raises :class:`GradientError` naming it.
+gradient through it raises :class:`GradientError` naming it. An op whose gradient is
+always ``None`` (like ``stop_gradient``) sets ``stops_gradient = True``.
 
 Ops with attributes (an axis, a shape) declare them in ``attr_names`` and receive them
 as keyword arguments; two ops are interchangeable when their names and attrs are equal.
@@ -53,6 +54,10 @@ class Op:
     attr_names: ClassVar[tuple[str, ...]] = ()
     #: True for the ops this package ships; only these may be loaded from graph files.
     builtin: ClassVar[bool] = False
+    #: True when ``bprop`` never gives any input a gradient (stop_gradient, masks,
+    #: comparisons): ``gradients`` then does not walk past the op at all, so an op
+    #: without a bprop upstream of it (``f(stop_gradient(x))``) is never asked for one.
+    stops_gradient: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

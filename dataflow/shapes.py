@@ -52,7 +52,12 @@ def normalize_axes(op: str, axis: int | Iterable[int] | None, ndim: int) -> tupl
     """``axis`` (int, tuple or None for all) as a sorted tuple of non-negative axes."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    if isinstance(axis, int):
+        axes: tuple = (axis,)
+    elif isinstance(axis, Iterable) and not isinstance(axis, str):
+        axes = tuple(axis)
+    else:
+        raise ShapeError(f"{op}: axis must be an int, a tuple of ints or None, got {axis!r}")
     result = []
     for a in axes:
         if not isinstance(a, int) or isinstance(a, bool):

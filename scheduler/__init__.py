@@ -4,7 +4,8 @@ parents' values exist, on a pluggable executor, with hooks for profiling.
 - ``Engine(executor="threads", workers=None, callbacks=())`` and ``engine.run`` /
   ``engine.run_async`` for graph nodes; ``run(...)`` for one shot;
 - ``get(tasks, keys)`` for plain task graphs in dask's conventions;
-- ``Callback`` hooks and, on top of them, ``Profiler``.
+- ``Callback`` hooks and, on top of them, ``Profiler`` (node-level profiling) and
+  ``ProgressBar`` (tqdm, optional).
 
 It knows nothing about derivatives; ``dataflow`` uses it to run graphs.
 """
@@ -13,9 +14,12 @@ from .callbacks import Callback, RunInfo, TaskRecord
 from .engine import Engine, get, run
 from .errors import CycleError, FeedError, NodeError, NumericsError, SchedulerError
 from .plan import Plan
+from .profiler import NodeRecord, Profiler, RunProfile
+from .progress import ProgressBar, progress
 from .spec import NO_VALUE, TaskSpec
 
 __all__ = [
-    "Callback", "CycleError", "Engine", "FeedError", "NO_VALUE", "NodeError", "NumericsError",
-    "Plan", "RunInfo", "SchedulerError", "TaskRecord", "TaskSpec", "get", "run",
+    "Callback", "CycleError", "Engine", "FeedError", "NO_VALUE", "NodeError", "NodeRecord",
+    "NumericsError", "Plan", "Profiler", "ProgressBar", "RunInfo", "RunProfile", "SchedulerError",
+    "TaskRecord", "TaskSpec", "get", "progress", "run",
 ]

@@ -201,12 +201,12 @@ class Engine:
         cbs = self.callbacks + tuple(callbacks)
         deadline = None if timeout is None else time.perf_counter() + timeout
         plain = not cbs and not self.check_numerics and deadline is None
-        learn = plan.runs < 2 or plan.runs % LEARN_EVERY == 0
-        plan.runs += 1
-
         reentrant = inside_kernel()
-        if self.kind == "inline" or reentrant or (not plan.any_expensive and not learn and plain):
-            if plain and not learn:
+        sequential = self.kind == "inline" or reentrant
+        learn = not sequential and (plan.runs < 2 or plan.runs % LEARN_EVERY == 0)
+        plan.runs += 1
+        if sequential or (not plan.any_expensive and not learn and plain):
+            if plain:
                 _walk(plan, values)
             else:
                 run = _Run(self, plan, values, None, cbs, deadline, reentrant or self.kind == "inline")
@@ -272,6 +272,7 @@ class _Run:
         self.finished = 0
         self.done = bytearray(len(plan))
         self.durations: dict[int, float] = {}
+        self.slow_once: set = set()  # cost keys measured slow once in this run
         self.error: tuple[int, BaseException] | None = None
         self.completions: queue.SimpleQueue = queue.SimpleQueue()
         self.started = time.perf_counter()
@@ -332,10 +333,22 @@ class _Run:
             self.error = (p, exc)
             return
         end = time.perf_counter()
-        if not self.inline and end - start > self.threshold and plan.cost_keys[p] is not None:
-            # Learn at once, so that this task's siblings already go to the pool.
-            self.engine._costs[plan.cost_keys[p]] = end - start
+        if not self.inline and end - start > self.threshold:
+            self._learn_now(p, end - start)
         self._finish(p, value, start, end, self.driver)
+
+    def _learn_now(self, p: int, seconds: float) -> None:
+        """A task thought cheap took long. Once a second task of the same cost key
+        confirms it (one slow sample may be a GC pause), its siblings still waiting
+        in this run go to the pool, not only those of the next run."""
+        key = self.plan.cost_keys[p]
+        if key is None:
+            return
+        if key in self.slow_once:
+            table = self.engine._costs
+            table[key] = max(table.get(key) or 0.0, seconds)
+        else:
+            self.slow_once.add(key)
 
     def _submit(self, p: int) -> None:
         plan, values = self.plan, self.values
@@ -377,7 +390,8 @@ class _Run:
                 if p < 0 or isinstance(exc, SchedulerError):
                     raise exc
                 raise NodeError(self.plan.names[p], self.plan.ops[p], exc) from exc
-            self.plan.learn(self.durations, self.engine._costs, self.engine.inline_threshold)
+            if not self.inline:
+                self.plan.learn(self.durations, self.engine._costs, self.engine.inline_threshold)
         except BaseException as exc:
             failure = exc
             raise

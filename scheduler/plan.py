@@ -97,8 +97,10 @@ class Plan:
             (p, self.kernels[p], self.args[p], self.dies_after[p]) for p in self.compute
         ]
 
-        #: learned duration per position (seconds), None until measured
+        #: learned duration per position (seconds), None until measured, and how many
+        #: samples it rests on: one sample alone never makes a task expensive
         self.estimates: list[float | None] = [None] * n
+        self.samples: list[int] = [0] * n
         self.expensive: list[bool] = [False] * n
         self.any_expensive = False
         self.runs = 0
@@ -115,26 +117,36 @@ class Plan:
             key = self.cost_keys[p]
             if key is not None and key in table:
                 self.estimates[p] = table[key]
+                self.samples[p] = 1
         self.reclassify(threshold)
 
     def learn(self, durations: dict[int, float], table: dict[Hashable, float],
               threshold: float) -> None:
-        """Fold measured durations into the estimates (exponential moving average)."""
-        estimates, cost_keys = self.estimates, self.cost_keys
+        """Fold measured durations into the estimates (see ``updated_estimate``)."""
+        estimates, cost_keys, samples = self.estimates, self.cost_keys, self.samples
         for p, seconds in durations.items():
-            old = estimates[p]
-            estimates[p] = seconds if old is None else 0.7 * old + 0.3 * seconds
+            estimates[p] = updated_estimate(estimates[p], seconds)
+            samples[p] += 1
             key = cost_keys[p]
             if key is not None:
-                prev = table.get(key)
-                table[key] = seconds if prev is None else 0.7 * prev + 0.3 * seconds
+                table[key] = updated_estimate(table.get(key), seconds)
         self.reclassify(threshold)
 
     def reclassify(self, threshold: float) -> None:
         """Mark the tasks worth a hand-off to the pool; with ``threshold`` 0, all of them."""
-        self.expensive = [threshold == 0 or (e is not None and e > threshold)
-                          for e in self.estimates]
+        self.expensive = [threshold == 0 or (e is not None and e > threshold and k >= 2)
+                          for e, k in zip(self.estimates, self.samples)]
         self.any_expensive = any(self.expensive)
+
+
+def updated_estimate(old: float | None, sample: float) -> float:
+    """A duration estimate that drops at once and rises at most 4x per sample.
+
+    A garbage-collection pause or a preemption inflates one measurement of a 1 µs task
+    a thousandfold; believing it would send every task of that kind to the pool. A task
+    that really became slower crosses the threshold after a few samples instead.
+    """
+    return sample if old is None else min(sample, 4 * old)
 
 
 def _describe(key: Hashable) -> str:

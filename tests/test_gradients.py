@@ -35,7 +35,7 @@ WEIGHT_DECAY = 0.01
 
 def _mlp_params(rng):
     params = {}
-    for i, (m, n) in enumerate(zip(SIZES[:-1], SIZES[1:]), start=1):
+    for i, (m, n) in enumerate(zip(SIZES[:-1], SIZES[1:], strict=True), start=1):
         params[f"W{i}"] = rng.normal(0, 1 / np.sqrt(m), (m, n))
         params[f"b{i}"] = rng.normal(0, 0.1, (n,))
     x = rng.normal(size=(BATCH, SIZES[0]))
@@ -78,7 +78,7 @@ def _mlp_graph(lam=WEIGHT_DECAY):
         x = df.placeholder("x", (None, SIZES[0]))
         labels = df.placeholder("labels", (None,), dtype=np.int64)
         p = {}
-        for i, (m, n) in enumerate(zip(SIZES[:-1], SIZES[1:]), start=1):
+        for i, (m, n) in enumerate(zip(SIZES[:-1], SIZES[1:], strict=True), start=1):
             p[f"W{i}"] = df.placeholder(f"W{i}", (m, n))
             p[f"b{i}"] = df.placeholder(f"b{i}", (n,))
         h = x
@@ -88,7 +88,7 @@ def _mlp_graph(lam=WEIGHT_DECAY):
         loss = df.softmax_cross_entropy(logits, labels)
         loss = loss + lam * (df.sum(p["W1"] ** 2) + df.sum(p["W2"] ** 2) + df.sum(p["W3"] ** 2))
         grads = df.gradients(loss, [p[k] for k in names])
-    return g, x, labels, p, loss, dict(zip(names, grads))
+    return g, x, labels, p, loss, dict(zip(names, grads, strict=True))
 
 
 def _mlp_feeds(x, labels, p, params, xv, yv):
@@ -103,7 +103,8 @@ def test_mlp_gradients_match_hand_written_backprop(rng, lam):
     _, x, labels, p, loss, grads = _mlp_graph(lam)
     assert {k: gn.shape for k, gn in grads.items()} == {k: v.shape for k, v in params.items()}
     assert all(gn.dtype == np.float64 for gn in grads.values())
-    got_loss, got = run([loss, grads], _mlp_feeds(x, labels, p, params, xv, yv))
+    got_loss, *values = run([loss, *grads.values()], _mlp_feeds(x, labels, p, params, xv, yv))
+    got = dict(zip(grads, values, strict=True))
     want_loss, want = _numpy_backprop(params, xv, yv, lam)
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-10, atol=1e-10)
     for k in want:
@@ -118,11 +119,11 @@ def test_mlp_gradients_bitwise_reproducible_across_runs_and_executors(rng):
     ref = run(fetches, feeds)
     for executor in ("inline", "threads", "threads", "inline"):
         again = run(fetches, feeds, executor)
-        for a, b in zip(ref, again):
+        for a, b in zip(ref, again, strict=True):
             assert a.tobytes() == b.tobytes()
     with scheduler.Engine("threads", workers=2) as engine:
         for _ in range(3):
-            for a, b in zip(ref, engine.run(fetches, feeds)):
+            for a, b in zip(ref, engine.run(fetches, feeds), strict=True):
                 assert a.tobytes() == b.tobytes()
 
 
@@ -262,6 +263,11 @@ def test_grad_ys_with_a_wrong_shape_raises_shape_error():
             df.gradients(s, [x], grad_ys=np.ones(3))
         with pytest.raises(df.GraphError):
             df.gradients([y, s], [x], grad_ys=[np.ones(3)])  # one seed for two ys
+        # an array or node is one seed, never split along its first axis into several
+        with pytest.raises(df.GraphError):
+            df.gradients([y, y * 2.0], [x], grad_ys=np.ones((2, 3)))
+        with pytest.raises(df.GraphError):
+            df.gradients([s, s * 2.0], [x], grad_ys=df.constant(np.ones(2)))
     with df.Graph():
         other = df.placeholder("other", (3,))
     with pytest.raises(df.GraphError):
@@ -298,7 +304,7 @@ def test_unconnected_modes():
     assert gx_none is None
     assert gx_zero.shape == (2, 3) and gx_zero.dtype == np.float64
     wv = np.array([0.0, 1.0, 2.0])
-    z, d, gwv = run([gx_zero, gx_default, gw], {x: np.ones((2, 3)), w: wv})
+    z, d, gwv = run([gx_zero, gx_default, gw], {w: wv})  # static zeros need no x
     np.testing.assert_array_equal(z, np.zeros((2, 3)))
     np.testing.assert_array_equal(d, np.zeros((2, 3)))
     np.testing.assert_allclose(gwv, np.exp(wv))
@@ -310,7 +316,7 @@ def test_unconnected_zero_with_unknown_shape():
         w = df.placeholder("w", ())
         (gx,) = df.gradients(w * 2.0, [x])
     assert gx.shape == (None,)
-    np.testing.assert_array_equal(run(gx, {x: np.ones(5), w: 1.0}), np.zeros(5))
+    np.testing.assert_array_equal(run(gx, {x: np.ones(5)}), np.zeros(5))
 
 
 def test_integer_nodes_are_not_differentiable():
@@ -330,8 +336,9 @@ def test_integer_nodes_are_not_differentiable():
         assert df.gradients(k, [i, x], unconnected="none") == [None, None]
     assert gi_none is None
     iv, xv = np.array([1, 2, 3]), np.array([0.5, 0.25, 2.0])
-    got_x, got_i = run([gx, gi_zero], {i: iv, x: xv})
+    got_x, got_i, yv = run([gx, gi_zero, y], {i: iv, x: xv})
     np.testing.assert_array_equal(got_x, iv.astype(float))
+    assert yv == np.dot(xv, iv)
     np.testing.assert_array_equal(got_i, 0)
 
 
@@ -461,7 +468,9 @@ def test_jacobian_with_respect_to_a_matrix(rng):
         J = df.jacobian(y, W)
     assert J.shape == (3, 3, 4)
     want = np.einsum("ik,j->ikj", np.eye(3), xv)
-    np.testing.assert_allclose(run(J, {W: Wv}), want)
+    got, yv = run([J, y], {W: Wv})
+    np.testing.assert_allclose(got, want)
+    np.testing.assert_allclose(yv, Wv @ xv)
 
 
 def test_hessian_vector_product_of_a_quadratic_form(rng):
@@ -476,7 +485,8 @@ def test_hessian_vector_product_of_a_quadratic_form(rng):
         hv_array = df.hessian_vector_product(y, x, vv)
         hess = df.jacobian(df.grad(y, x), x)
     assert hv_node.shape == (4,)
-    a, b, h = run([hv_node, hv_array, hess], {x: xv, v: vv})
+    a, b, h, yv = run([hv_node, hv_array, hess, y], {x: xv, v: vv})
+    np.testing.assert_allclose(yv, xv @ Q @ xv)
     np.testing.assert_allclose(a, H @ vv, rtol=1e-12)
     np.testing.assert_allclose(b, H @ vv, rtol=1e-12)
     np.testing.assert_allclose(h, H, rtol=1e-12)
@@ -493,7 +503,10 @@ def test_hessian_vector_product_of_sum_tanh(rng):
         hv = df.hessian_vector_product(y, x, vv)
         hess = df.jacobian(df.grad(y, x), x)
         with pytest.raises(df.ShapeError):
-            df.hessian_vector_product(df.tanh(x), x, vv)
+            df.hessian_vector_product(df.tanh(x), x, vv)  # y must be a scalar
+        for bad_v in (np.ones((3, 3)), np.ones(1), 1.0, df.placeholder("v", (3, 1))):
+            with pytest.raises(df.ShapeError):  # v must be shaped like x, not broadcast
+                df.hessian_vector_product(y, x, bad_v)
     got_hv, got_h = run([hv, hess], {x: xv})
     np.testing.assert_allclose(got_h, H, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(got_hv, H @ vv, rtol=1e-12, atol=1e-14)

@@ -269,7 +269,7 @@ def test_bool_of_a_node_raises_type_error():
     with pytest.raises(TypeError):
         0 < x < 1  # noqa: B015 - the chained comparison calls bool()
     with pytest.raises(TypeError):
-        not x  # noqa: B015
+        not x  # noqa: B015,B018
 
 
 def test_nodes_are_not_picklable():
@@ -339,7 +339,7 @@ def test_examples_from_the_brief():
     xv, fv = np.array([0.0, 1.0, 2.0]), np.array([1.0, 4.0, 5.0])
     got = run(nodes, {x: xv, f: fv})
     want = [2 * xv, 10.0 / fv, 1 - xv, 2 ** xv, np.float64(2) * xv]
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
 
 
@@ -399,9 +399,9 @@ def test_indexing_and_slicing():
         x = df.placeholder("x", (2, 3, 4))
         idx = [x[1], x[0, 2], x[:, 1:3], x[..., ::2], x[1, :, -1], x[None, 0], x[0, 1, 2]]
     expect = [xv[1], xv[0, 2], xv[:, 1:3], xv[..., ::2], xv[1, :, -1], xv[None, 0], xv[0, 1, 2]]
-    for node, want in zip(idx, expect):
+    for node, want in zip(idx, expect, strict=True):
         assert node.shape == want.shape
-    for got, want in zip(run(idx, {x: xv}), expect):
+    for got, want in zip(run(idx, {x: xv}), expect, strict=True):
         np.testing.assert_array_equal(got, want)
 
 
@@ -412,7 +412,7 @@ def test_comparison_operators_build_nodes():
     assert all(isinstance(n, df.Node) and n.dtype == np.bool_ for n in nodes)
     xv = np.array([0.0, 1.0, 2.0])
     got = run(nodes, {x: xv})
-    for g, w in zip(got, [xv < 1, xv <= 1, xv > 1, xv >= 1]):
+    for g, w in zip(got, [xv < 1, xv <= 1, xv > 1, xv >= 1], strict=True):
         np.testing.assert_array_equal(g, w)
 
 
@@ -437,8 +437,15 @@ def test_get_operation_get_inputs_get_consumers():
     assert df.get_consumers(w, g) == (prod,)
     assert df.get_consumers(s, g) == (prod,)
     assert df.get_consumers(tot, g) == ()
+    for fn in (df.get_operation, df.get_inputs, df.get_consumers):
+        with pytest.raises(df.GraphError):
+            fn(1.0)
+    # an empty graph is falsy (len 0) but still the graph asked about
+    empty = df.Graph()
     with pytest.raises(df.GraphError):
-        df.get_operation(1.0)
+        df.get_consumers(x, empty)
+    with pytest.raises(df.GraphError):
+        df.get_inputs(x, empty)
 
 
 def test_consumers_grow_as_nodes_are_added():

@@ -92,7 +92,7 @@ def test_transitions_exact_state():
 
 def test_expensive_tasks_go_to_the_costly_heap():
     plan = Plan(["e"], [], spec_source(DIAMOND))
-    plan.estimates[1] = 1.0                 # b measured slow
+    plan.estimates[1], plan.samples[1] = 1.0, 2   # b measured slow, twice
     plan.reclassify(40e-6)
     assert plan.expensive == [False, True, False, False, False] and plan.any_expensive
     engine = scheduler.Engine("threads")

@@ -109,6 +109,7 @@ class StopGradient(Op):
     """Identity forward; a constant to the gradient."""
 
     name = "stop_gradient"
+    stops_gradient = True
 
     def infer(self, x):
         return x.shape, x.dtype
@@ -186,6 +187,7 @@ class FilledLike(Op):
 
     name = "filled_like"
     attr_names = ("fill", "dtype")
+    stops_gradient = True
 
     def infer(self, x):
         return x.shape, self.dtype

@@ -31,6 +31,8 @@ class Elementwise(Op):
 class NonDifferentiable(Elementwise):
     """Comparisons and friends: piecewise constant, so a constant to the gradient."""
 
+    stops_gradient = True
+
     def bprop(self, inputs, output, grad, wanted):
         return (None,) * len(inputs)
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph import Node
-from ..op import Op, apply
+from ..op import Op, apply, result_dtype
 from ..shapes import fmt, normalize_axes, reduced
 from .core import constant
 from .elementwise import exp, greater, where
@@ -49,12 +49,17 @@ class Relu(Op):
         return (where(greater(x, zero), grad, zero),)
 
 
+def _float_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype of exp(x): integers become floats the way numpy makes them."""
+    return result_dtype(np.exp, [dtype])
+
+
 class AxisOp(Op):
     attr_names = ("axis",)
 
     def infer(self, x):
         normalize_axes(self.name, self.axis, len(x.shape))
-        return x.shape, x.dtype
+        return x.shape, _float_dtype(x.dtype)
 
 
 class Softmax(AxisOp):
@@ -89,7 +94,7 @@ class LogSumExp(Op):
 
     def infer(self, x):
         axes = normalize_axes(self.name, self.axis, len(x.shape))
-        return reduced(x.shape, axes, self.keepdims), x.dtype
+        return reduced(x.shape, axes, self.keepdims), _float_dtype(x.dtype)
 
     def forward(self, x):
         m = np.max(x, axis=self.axis, keepdims=True)
@@ -111,6 +116,7 @@ class OneHot(Op):
 
     name = "one_hot"
     attr_names = ("depth", "dtype")
+    stops_gradient = True
 
     def infer(self, labels):
         return labels.shape + (self.depth,), self.dtype

@@ -69,6 +69,7 @@ class InverseCount(Op):
 
     name = "inverse_count"
     attr_names = ("axis", "dtype")
+    stops_gradient = True
 
     def infer(self, x):
         return (), self.dtype
@@ -99,6 +100,7 @@ class ExtremumMask(Op):
 
     name = "extremum_mask"
     attr_names = ("axis", "kind")
+    stops_gradient = True
 
     def infer(self, x):
         normalize_axes(self.name, self.axis, len(x.shape))

@@ -172,7 +172,12 @@ class Transpose(Op):
 
 def transpose(x: Node, axes: Sequence[int] | None = None) -> Node:
     if axes is not None:
-        axes = tuple(int(a) % max(len(x.shape), 1) for a in axes)
+        ndim = len(x.shape)
+        axes = tuple(int(a) for a in axes)
+        if any(not -ndim <= a < ndim for a in axes):
+            raise ShapeError(f"transpose: axes {axes} are out of range for an input of shape "
+                             f"{fmt(x.shape)}")
+        axes = tuple(a % ndim for a in axes)
         if axes == tuple(range(len(x.shape))):
             return x
     return apply(Transpose(axes=axes), x)

@@ -1,0 +1,1 @@
+"""Benchmarks against the anchors: `make bench` or `python -m benchmarks`."""

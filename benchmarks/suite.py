@@ -1,0 +1,248 @@
+"""The benchmark suite: each workload measured for this project and for its anchor in
+the same run, reported as ratios against the targets of the performance issue.
+
+BLAS is pinned to one thread for the whole suite (set before numpy is imported by
+``benchmarks.__main__``), so that inter-op parallelism is what the threads executor
+adds and both sides of every ratio run the same kernels.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+import dataflow as df
+import scheduler
+
+from . import workloads as w
+
+
+@dataclass
+class Row:
+    workload: str
+    ours: str
+    ours_value: float
+    anchor: str
+    anchor_value: float
+    unit: str
+    target: str
+    ok: bool | None
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_value / self.anchor_value if self.anchor_value else float("nan")
+
+
+def best_of(fn: Callable[[], object], reps: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def median_of(fn: Callable[[], object], reps: int = 15, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# -- 1. trivial-task graphs through scheduler.get ------------------------------------------
+
+def overhead(n: int = 20_000) -> list[Row]:
+    import dask
+    import dask.threaded
+
+    rows = []
+    for name, (dsk, out) in [("chain", w.chain(n)), ("fan", w.fan(n // 2)),
+                             ("layered", w.layered(n))]:
+        m = len(dsk)
+        loop = min(w.plain_loop_seconds(dsk) for _ in range(3)) / m
+        dask_thr = best_of(lambda: dask.threaded.get(dsk, out, num_workers=2), reps=3) / m
+        with scheduler.Engine("inline") as inline, scheduler.Engine("threads", workers=2) as thr:
+            ours_inline = best_of(lambda: inline.get(dsk, out), reps=3) / m
+            ours_thr = best_of(lambda: thr.get(dsk, out), reps=3) / m
+        rows.append(Row(f"{name} {m} trivial tasks", "threads get", ours_thr * 1e6,
+                        "dask.threaded.get(2)", dask_thr * 1e6, "us/node",
+                        "<= 1/20", ours_thr * 20 <= dask_thr))
+        rows.append(Row(f"{name} {m} trivial tasks", "inline get", ours_inline * 1e6,
+                        "plain Python loop", loop * 1e6, "us/node", "<= 6x",
+                        ours_inline <= 6 * loop))
+    return rows
+
+
+# -- 2. tiny-op chain forward + gradient ---------------------------------------------------
+
+def tiny_ops() -> list[Row]:
+    with df.Graph():
+        x = df.placeholder("x", (4,))
+        y = df.sum(w.tiny_chain((df.sin, df.multiply, df.add), x))
+        (gx,) = df.gradients(y, [x])
+    feeds = {x: w.TINY_X0}
+    results = {}
+    for kind in ("inline", "threads"):
+        with scheduler.Engine(kind, workers=2) as engine:
+            results[kind] = median_of(lambda: engine.run([y, gx], feeds)) / w.TINY_N
+    rows = []
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        torch.set_num_threads(1)
+
+        def torch_step():
+            tx = torch.tensor(w.TINY_X0, requires_grad=True)
+            h = w.tiny_chain((torch.sin, torch.mul, torch.add), tx)
+            return torch.autograd.grad(h.sum(), tx)[0]
+
+        anchor = median_of(torch_step) / w.TINY_N
+        name = "torch autograd"
+    else:
+        anchor = median_of(lambda: w.tiny_chain((np.sin, np.multiply, np.add), w.TINY_X0),
+                           ) / w.TINY_N
+        name = "numpy forward only (torch missing)"
+    for kind, limit in (("inline", 0.5), ("threads", 0.6)):
+        ok = results[kind] <= limit * anchor if torch is not None else None
+        rows.append(Row(f"tiny-op chain {w.TINY_N} fwd+grad", kind, results[kind] * 1e6, name,
+                        anchor * 1e6, "us/op", f"<= {limit}x", ok))
+    return rows
+
+
+# -- 3. MLP forward + gradient ---------------------------------------------------------------
+
+def mlp_graph(dtype):
+    model = df.models.build_mlp((w.D, w.H, w.H, w.C), dtype=dtype)
+    return model
+
+
+def mlp() -> list[Row]:
+    rows = []
+    for dtype in (np.float32, np.float64):
+        params, x, y = w.mlp_params(dtype)
+        model = mlp_graph(dtype)
+        feeds = model.feeds(params, x, y)
+        fetches = [model.loss, *model.grads]
+        numpy_time = median_of(lambda: w.numpy_mlp_step(params, x, y), reps=20)
+        for kind, limit in (("inline", 1.03), ("threads", 1.05)):
+            with scheduler.Engine(kind, workers=2) as engine:
+                ours = median_of(lambda: engine.run(fetches, feeds), reps=20)
+            rows.append(Row(f"MLP 784-512-512-10 {np.dtype(dtype).name}", kind, ours * 1e3,
+                            "numpy hand backprop", numpy_time * 1e3, "ms", f"<= {limit}x",
+                            ours <= limit * numpy_time))
+    return rows
+
+
+def mlp_memory() -> list[Row]:
+    params, x, y = w.mlp_params(np.float64)
+    model = mlp_graph(np.float64)
+    feeds = model.feeds(params, x, y)
+    fetches = [model.loss, *model.grads]
+
+    def peak(fn) -> int:
+        fn()
+        gc.collect()
+        tracemalloc.start()
+        fn()
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    numpy_peak = peak(lambda: w.numpy_mlp_step([p.copy() for p in params], x, y))
+    with scheduler.Engine("inline") as engine:
+        ours = peak(lambda: engine.run(fetches, feeds))
+    return [Row("MLP step peak memory (tracemalloc)", "inline", ours / 2**20,
+                "numpy hand backprop", numpy_peak / 2**20, "MiB", "<= 1.15x",
+                ours <= 1.15 * numpy_peak)]
+
+
+# -- 4. inter-op parallelism ---------------------------------------------------------------
+
+def parallel() -> list[Row]:
+    import dask
+    import dask.threaded
+
+    dsk, out = w.parallel_graph()
+    sequential_dask = median_of(lambda: dask.get(dsk, out), reps=7, warmup=1)
+    dask_thr = median_of(lambda: dask.threaded.get(dsk, out, num_workers=2), reps=7, warmup=1)
+    with scheduler.Engine("inline") as inline, scheduler.Engine("threads", workers=2) as thr:
+        ours_inline = median_of(lambda: inline.get(dsk, out), reps=7, warmup=1)
+        ours_thr = median_of(lambda: thr.get(dsk, out), reps=7, warmup=1)
+    speedup = ours_inline / ours_thr
+    dask_speedup = sequential_dask / dask_thr
+    return [Row("16 branches x 4 matmuls 384^2", "threads(2) speedup over inline", speedup,
+                "dask threaded(2) speedup", dask_speedup, "x",
+                ">= 1.9x and >= dask", speedup >= 1.9 and speedup >= dask_speedup)]
+
+
+# -- 5. building gradients -----------------------------------------------------------------
+
+def gradient_build() -> list[Row]:
+    times = {}
+    for n in (10_000, 100_000):
+        with df.Graph():
+            x = df.placeholder("x", (3,))
+            h = x
+            for i in range(n):
+                h = df.sin(h) if i % 2 else h * 1.0001
+            y = df.sum(h)
+            start = time.perf_counter()
+            df.gradients(y, [x])
+            times[n] = time.perf_counter() - start
+    ratio = times[100_000] / times[10_000]
+    return [Row("df.gradients on a 100k-node chain", "100k build", times[100_000], "10k build",
+                times[10_000], "s", "<= 3 s, ratio <= 12",
+                times[100_000] <= 3 and ratio <= 12)]
+
+
+SECTIONS = {
+    "overhead": overhead,
+    "tinyops": tiny_ops,
+    "mlp": mlp,
+    "memory": mlp_memory,
+    "parallel": parallel,
+    "gradients": gradient_build,
+}
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("workload", "ours", "value", "anchor", "anchor value", "ratio", "target", "met")
+    lines = [[r.workload, r.ours, f"{r.ours_value:.3g} {r.unit}", r.anchor,
+              f"{r.anchor_value:.3g} {r.unit}", f"{r.ratio:.3f}", r.target,
+              {True: "yes", False: "NO", None: "n/a"}[r.ok]] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    out = [" | ".join(h.ljust(wd) for h, wd in zip(header, widths)),
+           "-+-".join("-" * wd for wd in widths)]
+    out += [" | ".join(str(x).ljust(wd) for x, wd in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{platform.machine()}, {cpus} cores, Python {platform.python_version()}, "
+            f"numpy {np.__version__}, BLAS threads 1")
+
+
+def run(sections: list[str] | None = None) -> list[Row]:
+    rows: list[Row] = []
+    for name in sections or list(SECTIONS):
+        rows += SECTIONS[name]()
+    return rows

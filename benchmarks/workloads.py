@@ -1,0 +1,169 @@
+"""The anchor workloads (the same graphs as ../shared/anchors), built for the anchors
+and for this project from one definition each, so both measure the same work."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+
+# -- trivial-task graphs (anchor_overhead.py) -----------------------------------------
+
+def inc(x):
+    return x + 1
+
+
+def add(a, b):
+    return a + b
+
+
+def chain(n: int) -> tuple[dict, str]:
+    dsk: dict = {"n0": 0}
+    for i in range(1, n):
+        dsk[f"n{i}"] = (inc, f"n{i - 1}")
+    return dsk, f"n{n - 1}"
+
+
+def fan(n: int) -> tuple[dict, str]:
+    """One root, ``n`` leaves, then a binary-tree reduction."""
+    dsk: dict = {"root": 1}
+    layer = []
+    for i in range(n):
+        dsk[f"l{i}"] = (inc, "root")
+        layer.append(f"l{i}")
+    k = 0
+    while len(layer) > 1:
+        nxt = []
+        for j in range(0, len(layer) - 1, 2):
+            key = f"r{k}"
+            k += 1
+            dsk[key] = (add, layer[j], layer[j + 1])
+            nxt.append(key)
+        if len(layer) % 2:
+            nxt.append(layer[-1])
+        layer = nxt
+    return dsk, layer[0]
+
+
+def layered(n: int, width: int = 100, seed: int = 0) -> tuple[dict, list]:
+    rng = random.Random(seed)
+    dsk: dict = {}
+    prev = []
+    for i in range(width):
+        dsk[f"x{i}"] = i
+        prev.append(f"x{i}")
+    k = 0
+    while len(dsk) < n:
+        cur = []
+        for _ in range(width):
+            a, b = rng.sample(prev, 2)
+            key = f"v{k}"
+            k += 1
+            dsk[key] = (add, a, b)
+            cur.append(key)
+        prev = cur
+    return dsk, prev
+
+
+def plain_loop_seconds(dsk: dict) -> float:
+    """Time of a plain Python loop calling the same functions in topological order."""
+    import graphlib
+    import time
+
+    deps = {k: [a for a in (v[1:] if isinstance(v, tuple) else ()) if isinstance(a, str)]
+            for k, v in dsk.items()}
+    order = list(graphlib.TopologicalSorter(deps).static_order())
+    start = time.perf_counter()
+    vals = {}
+    for k in order:
+        v = dsk[k]
+        vals[k] = v[0](*[vals[a] for a in v[1:]]) if isinstance(v, tuple) else v
+    return time.perf_counter() - start
+
+
+# -- tiny-op chain (anchor_tinyops.py) ------------------------------------------------
+
+TINY_N = 3000
+TINY_X0 = np.linspace(0.1, 0.4, 4)
+
+
+def tiny_chain(step_fns: tuple, x, n: int = TINY_N):
+    sin, mul, add_ = step_fns
+    for i in range(n):
+        k = i % 3
+        x = sin(x) if k == 0 else (mul(x, 1.0001) if k == 1 else add_(x, 0.1))
+    return x
+
+
+# -- MLP (anchor_mlp.py) ----------------------------------------------------------------
+
+B, D, H, C = 256, 784, 512, 10
+
+
+def mlp_params(dtype, seed: int = 0):
+    r = np.random.default_rng(seed)
+    w1 = (r.standard_normal((D, H)) / np.sqrt(D)).astype(dtype)
+    b1 = np.zeros(H, dtype)
+    w2 = (r.standard_normal((H, H)) / np.sqrt(H)).astype(dtype)
+    b2 = np.zeros(H, dtype)
+    w3 = (r.standard_normal((H, C)) / np.sqrt(H)).astype(dtype)
+    b3 = np.zeros(C, dtype)
+    x = r.standard_normal((B, D)).astype(dtype)
+    y = r.integers(0, C, B)
+    return [w1, b1, w2, b2, w3, b3], x, y
+
+
+def numpy_mlp_step(params, x, y):
+    """Hand-written backprop (algorithms 6.3/6.4), exactly as in anchor_mlp.py."""
+    w1, b1, w2, b2, w3, b3 = params
+    h1 = np.tanh(x @ w1 + b1)
+    h2 = np.tanh(h1 @ w2 + b2)
+    z = h2 @ w3 + b3
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    p = e / e.sum(1, keepdims=True)
+    loss = -np.log(p[np.arange(B), y]).mean()
+    g = p
+    g[np.arange(B), y] -= 1
+    g /= B
+    gw3 = h2.T @ g
+    gb3 = g.sum(0)
+    g = (g @ w3.T) * (1 - h2 * h2)
+    gw2 = h1.T @ g
+    gb2 = g.sum(0)
+    g = (g @ w2.T) * (1 - h1 * h1)
+    gw1 = x.T @ g
+    gb1 = g.sum(0)
+    return loss, [gw1, gb1, gw2, gb2, gw3, gb3]
+
+
+# -- inter-op parallelism (anchor_parallel.py) -----------------------------------------
+
+PAR_N, PAR_BRANCHES, PAR_LAYERS = 384, 16, 4
+
+
+def mm(a, b):
+    return a @ b
+
+
+def parallel_graph() -> tuple[dict, str]:
+    r = np.random.default_rng(0)
+    ms = [r.standard_normal((PAR_N, PAR_N)) / np.sqrt(PAR_N) for _ in range(PAR_BRANCHES)]
+    dsk: dict = {}
+    for b in range(PAR_BRANCHES):
+        dsk[f"m{b}"] = ms[b]
+        prev = f"m{b}"
+        for layer in range(PAR_LAYERS):
+            dsk[f"b{b}_{layer}"] = (mm, prev, f"m{b}")
+            prev = f"b{b}_{layer}"
+    layer_keys = [f"b{b}_{PAR_LAYERS - 1}" for b in range(PAR_BRANCHES)]
+    k = 0
+    while len(layer_keys) > 1:
+        nxt = []
+        for j in range(0, len(layer_keys), 2):
+            dsk[f"s{k}"] = (add, layer_keys[j], layer_keys[j + 1])
+            nxt.append(f"s{k}")
+            k += 1
+        layer_keys = nxt
+    return dsk, layer_keys[0]
