@@ -15,7 +15,7 @@ $(BIN)/activate: pyproject.toml
 install: $(BIN)/activate
 
 demo: install
-	$(BIN)/python examples/mlp_digits.py
+	$(BIN)/dataflow demo
 
 test: install
 	$(BIN)/python -m pytest -q

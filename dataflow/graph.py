@@ -139,11 +139,8 @@ class Graph:
             self._nodes.append(node)
             self._consumers.append([])
             self._names[name] = node
-            seen: set[int] = set()
-            for parent in inputs:
-                if parent.id not in seen:
-                    seen.add(parent.id)
-                    self._consumers[parent.id].append(node)
+            for parent in dict.fromkeys(inputs):  # each distinct input once, in slot order
+                self._consumers[parent.id].append(node)
         return node
 
     # -- export ----------------------------------------------------------------------
@@ -328,10 +325,17 @@ class Node:
         return _ops().cast(self, dtype)
 
 
-def _ops() -> Any:
-    from . import ops
+_ops_module: Any = None
 
-    return ops
+
+def _ops() -> Any:
+    """The op library, imported on first use (it imports this module)."""
+    global _ops_module
+    if _ops_module is None:
+        from . import ops
+
+        _ops_module = ops
+    return _ops_module
 
 
 # -- the seed's three subroutines -----------------------------------------------------

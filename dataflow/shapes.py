@@ -26,6 +26,8 @@ def is_known(shape: Shape) -> bool:
 
 def broadcast(op: str, *shapes: Shape) -> Shape:
     """The broadcast of ``shapes`` under numpy's rules; an unknown dim matches anything."""
+    if len(shapes) == 2 and shapes[0] == shapes[1]:
+        return shapes[0]  # the common case, on the hot path of building gradients
     ndim = max((len(s) for s in shapes), default=0)
     out = []
     for axis in range(-ndim, 0):

@@ -1,0 +1,274 @@
+"""The ``dataflow`` command line: the demo, running/profiling/showing saved graphs, and
+the benchmark suite. Mistakes in user input print one line and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXECUTORS = ("inline", "threads", "asyncio", "processes", "dask")
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; reported as one line, no traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("dataflow: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's contract: one line, nonzero status
+        if not _is_user_error(exc):
+            raise
+        print(f"dataflow: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from scheduler import SchedulerError
+
+    from .errors import DataflowError
+
+    return isinstance(exc, (UsageError, DataflowError, SchedulerError, OSError, ValueError,
+                            KeyError, TypeError))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dataflow",
+        description="Static-graph dataflow engine: run, profile and inspect graphs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="train an MLP on the bundled digits and profile a step",
+                          description="Train a tanh MLP on scikit-learn's bundled digits with "
+                          "SGD through the engine, print the test accuracy and write a profile "
+                          "of one training step.")
+    demo.add_argument("--out", default="profile-out", help="folder for the profile (default: %(default)s)")
+    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--hidden", type=int, default=64)
+    _executor_args(demo)
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.set_defaults(func=_cmd_demo)
+
+    run = sub.add_parser("run", help="run a saved graph", description="Run a saved graph "
+                         "with feeds from .npy files and save the fetched values to an .npz file.")
+    _graph_args(run)
+    run.add_argument("--out", default="results.npz", help="output .npz (default: %(default)s)")
+    run.set_defaults(func=_cmd_run)
+
+    prof = sub.add_parser("profile", help="run a saved graph and write its profile",
+                          description="Run a saved graph under the profiler and write a Chrome "
+                          "trace, a Gantt chart and a summary to a folder.")
+    _graph_args(prof)
+    prof.add_argument("--out", default="profile-out", help="output folder (default: %(default)s)")
+    prof.add_argument("--repeat", type=int, default=2,
+                      help="runs before the profiled one, to warm the cost model (default: %(default)s)")
+    prof.set_defaults(func=_cmd_profile)
+
+    show = sub.add_parser("show", help="describe a saved graph",
+                          description="Print a node/op summary of a saved graph, or its DOT text, "
+                          "or draw it as SVG/PNG.")
+    show.add_argument("graph", help="graph file written by dataflow.save")
+    show.add_argument("--format", choices=("summary", "dot", "svg", "png"), default="summary")
+    show.add_argument("--out", help="output file for dot/svg/png (default: standard output for dot)")
+    show.set_defaults(func=_cmd_show)
+
+    bench = sub.add_parser("bench", help="run the benchmark suite against the anchors",
+                           description="Run the benchmark suite (needs a source checkout and the "
+                           "'bench' extra for the anchors) and print one table of ratios.")
+    bench.add_argument("sections", nargs="*", help="sections to run (default: all)")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", default="threads", choices=EXECUTORS)
+    p.add_argument("--workers", type=int, default=None)
+
+
+def _graph_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("graph", help="graph file written by dataflow.save")
+    p.add_argument("--feed", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="value of placeholder NAME (repeatable)")
+    p.add_argument("--fetch", action="append", default=[], metavar="NAME",
+                   help="node to compute (repeatable; default: the graph's outputs)")
+    _executor_args(p)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    if args.epochs < 1:
+        raise UsageError("--epochs must be at least 1")
+    run_demo(args.out, epochs=args.epochs, hidden=args.hidden, executor=args.executor,
+             workers=args.workers, show_progress=not args.no_progress)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import scheduler
+
+    graph, fetches, feeds = _load_request(args)
+    with scheduler.Engine(args.executor, args.workers) as engine:
+        values = engine.run(fetches, feeds)
+    out = Path(args.out)
+    np.savez(out, **{node.name: value for node, value in zip(fetches, values)})
+    for node, value in zip(fetches, values):
+        print(f"{node.name}: shape {np.shape(value)} dtype {np.asarray(value).dtype}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    import scheduler
+
+    graph, fetches, feeds = _load_request(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prof = scheduler.Profiler()
+    with scheduler.Engine(args.executor, args.workers) as engine:
+        for _ in range(max(args.repeat, 0)):
+            engine.run(fetches, feeds)
+        engine.run(fetches, feeds, callbacks=[prof])
+    prof.to_chrome_trace(out / "trace.json")
+    summary = prof.summary()
+    (out / "summary.txt").write_text(summary)
+    prof.plot_gantt(out / "gantt.png")
+    print(summary)
+    print(f"wrote {out / 'trace.json'}, {out / 'gantt.png'}, {out / 'summary.txt'}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    graph = _load_graph(args.graph)
+    if args.format == "summary":
+        print(graph_summary(graph))
+    elif args.format == "dot":
+        text = graph.to_dot()
+        if args.out:
+            Path(args.out).write_text(text)
+            print(f"wrote {args.out}")
+        else:
+            print(text, end="")
+    else:
+        out = args.out or f"graph.{args.format}"
+        draw_graph(graph, out)
+        print(f"wrote {out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    root = Path(__file__).resolve().parent.parent
+    if (root / "benchmarks").is_dir() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError as exc:
+        raise UsageError(f"the benchmark suite needs a source checkout ({exc})") from None
+    return bench_main(list(args.sections))
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+def _load_graph(path: str) -> Any:
+    from .graph import Graph, Node
+    from .serialization import load
+
+    loaded = load(path)
+    if isinstance(loaded, Graph):
+        return loaded
+    nodes = loaded.values() if isinstance(loaded, dict) else (
+        [loaded] if isinstance(loaded, Node) else loaded)
+    return next(iter(nodes)).graph
+
+
+def _load_request(args: argparse.Namespace) -> tuple[Any, list, dict]:
+    graph = _load_graph(args.graph)
+    feeds = {}
+    for item in args.feed:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise UsageError(f"--feed expects NAME=FILE.npy, got {item!r}")
+        node = _node_named(graph, name)
+        try:
+            feeds[node] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read feed {name!r} from {file!r}: {exc}") from None
+    if args.fetch:
+        fetches = [_node_named(graph, name) for name in args.fetch]
+    else:
+        fetches = [n for n in graph.nodes if not graph.consumers(n)]
+    return graph, fetches, feeds
+
+
+def _node_named(graph: Any, name: str) -> Any:
+    from .errors import GraphError
+
+    try:
+        return graph.node_by_name(name)
+    except GraphError:
+        raise UsageError(f"the graph has no node named {name!r}") from None
+
+
+def graph_summary(graph: Any) -> str:
+    from collections import Counter
+
+    from .shapes import fmt
+
+    nodes = graph.nodes
+    ops = Counter(n.op.name for n in nodes)
+    lines = [f"graph {graph.name!r}: {len(nodes)} nodes, "
+             f"{sum(len(n.inputs) for n in nodes)} edges"]
+    placeholders = [n for n in nodes if n.op.name == "placeholder"]
+    outputs = [n for n in nodes if not graph.consumers(n)]
+    lines.append("placeholders: " + (", ".join(f"{n.name} {fmt(n.shape)} {n.dtype}"
+                                               for n in placeholders) or "none"))
+    lines.append("outputs: " + ", ".join(f"{n.name} {fmt(n.shape)} {n.dtype}" for n in outputs[:20])
+                 + (f" and {len(outputs) - 20} more" if len(outputs) > 20 else ""))
+    lines.append("ops:")
+    width = max((len(k) for k in ops), default=0)
+    for op, count in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  {op.ljust(width)}  {count}")
+    return "\n".join(lines)
+
+
+def draw_graph(graph: Any, path: str) -> None:
+    """Draw the graph with matplotlib (layered left to right by depth)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import networkx as nx
+
+    g = graph.to_networkx()
+    depth: dict[str, int] = {}
+    for node in graph.nodes:
+        depth[node.name] = 1 + max((depth[p.name] for p in node.inputs), default=-1)
+    for name, d in depth.items():
+        g.nodes[name]["layer"] = d
+    pos = nx.multipartite_layout(g, subset_key="layer")
+    size = max(6, min(40, len(graph) ** 0.5 * 2))
+    fig, ax = plt.subplots(figsize=(size, size * 0.6))
+    nx.draw_networkx(g, pos, ax=ax, node_size=300, font_size=6, arrows=True,
+                     labels={n: f"{n}\n{g.nodes[n]['op']}" for n in g.nodes})
+    ax.set_axis_off()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
