@@ -48,6 +48,7 @@ from .executors import (
     inside_kernel,
     make_pool,
     pool_is_broken,
+    submit_shared,
     worker_name,
 )
 from .plan import DEFAULT_INLINE_THRESHOLD, Plan
@@ -75,7 +76,8 @@ class Engine:
 
     def __init__(self, executor: Any = "threads", workers: int | None = None,
                  callbacks: Iterable[Callback] = (), *, check_numerics: bool = False,
-                 inline_threshold: float = DEFAULT_INLINE_THRESHOLD, plan_cache_size: int = 256):
+                 inline_threshold: float = DEFAULT_INLINE_THRESHOLD, plan_cache_size: int = 256,
+                 simplify: bool = True):
         if isinstance(executor, str):
             if executor not in EXECUTOR_NAMES:
                 raise ValueError(f"unknown executor {executor!r}; expected one of "
@@ -97,6 +99,9 @@ class Engine:
         self.inline_threshold = float(inline_threshold)
         self._plans: OrderedDict[Hashable, Plan] = OrderedDict()
         self._plan_cache_size = plan_cache_size
+        #: let the fetch objects rewrite their graph when a plan is compiled (their
+        #: class's ``__plan_rewrite__``; for dataflow nodes, ``dataflow.simplify``)
+        self.simplify = simplify
         self._costs: dict[Hashable, float] = {}
         self._lock = threading.Lock()
         self._owned: dict[str, Any] = {}  # pools this engine created: closed with it
@@ -174,7 +179,7 @@ class Engine:
             if plan is not None:
                 self._plans.move_to_end(cache_key)
                 return plan
-        plan = Plan(keys, list(feeds), _spec_of_object)
+        plan = _compile(keys, list(feeds), self.simplify)
         plan.seed_estimates(self._costs, self.inline_threshold)
         with self._lock:
             self._plans[cache_key] = plan
@@ -200,6 +205,10 @@ class Engine:
             values[p] = value
         cbs = self.callbacks + tuple(callbacks)
         deadline = None if timeout is None else time.perf_counter() + timeout
+        if self.kind == "dask" or hasattr(self._external, "run_plan"):
+            # A cluster runs the whole plan as one graph of its own (dask_executor.py).
+            return self._pool().run_plan(plan, values, deadline=deadline, callbacks=cbs,
+                                         check_numerics=self.check_numerics)
         plain = not cbs and not self.check_numerics and deadline is None
         reentrant = inside_kernel()
         sequential = self.kind == "inline" or reentrant
@@ -223,6 +232,8 @@ class Engine:
         (one key, or a nested list of keys)."""
         from .taskgraph import TaskGraphSource, flatten_keys, pack_results
 
+        if not isinstance(tasks, Mapping) and hasattr(tasks, "__dask_graph__"):
+            tasks = tasks.__dask_graph__()  # a dask expression, as dask.compute passes it
         source = TaskGraphSource(tasks)
         wanted = flatten_keys(keys)
         for key in wanted:
@@ -236,6 +247,24 @@ class Engine:
         plan.seed_estimates(self._costs, self.inline_threshold)
         values = self.execute(plan, feeds, timeout=timeout, callbacks=callbacks)
         return pack_results(keys, dict(zip(wanted, values)))
+
+
+def _compile(keys: list, fed: list, rewrite: bool) -> Plan:
+    """The plan for fetch ``keys`` and ``fed`` keys. With ``rewrite``, the fetch objects'
+    class may first rewrite their graph: ``type(keys[0]).__plan_rewrite__(keys, fed)``
+    returns ``(new keys, new fed keys, {new key: original key})``, position for position.
+    The plan is compiled from the new keys but speaks in the original ones: feeds are
+    looked up by the original fed keys, and each task that stands for an original key
+    is reported (callbacks, ``plan.keys``) under it."""
+    hook = getattr(type(keys[0]), "__plan_rewrite__", None) if rewrite and keys else None
+    if hook is None:
+        return Plan(keys, fed, _spec_of_object)
+    new_keys, new_fed, origin = hook(keys, fed)
+    plan = Plan(new_keys, new_fed, _spec_of_object)
+    if origin:
+        plan.keys = [origin.get(k, k) for k in plan.keys]
+        plan.feed_slots = [(p, origin[k], check) for p, k, check in plan.feed_slots]
+    return plan
 
 
 def _walk(plan: Plan, values: list) -> None:
@@ -357,7 +386,10 @@ class _Run:
         args = tuple(values[a] for a in plan.args[p])
         put = self.completions.put
         try:
-            future = self.pool.submit(call_timed, plan.kernels[p], args)
+            if isinstance(self.pool, cf.ProcessPoolExecutor):  # large arrays via shared memory
+                future = submit_shared(self.pool, plan.kernels[p], args)
+            else:
+                future = self.pool.submit(call_timed, plan.kernels[p], args)
         except Exception as exc:  # a closed or broken pool refuses new work
             self.error = (p, exc)
             return

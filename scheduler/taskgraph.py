@@ -36,7 +36,7 @@ from functools import partial
 from operator import itemgetter
 from typing import Any
 
-from scheduler.spec import TaskSpec
+from scheduler.spec import NO_VALUE, TaskSpec
 
 __all__ = ["TaskGraphSource", "flatten_keys", "pack_results"]
 
@@ -423,20 +423,18 @@ class TaskGraphSource:
             func = value[0]
             args = value[1:]
             # Fast path: (f, k1, k2, ...) with distinct keys needs no wrapper at all.
+            graph_types = dt.graph_types if dt is not None else ()
             fast = True
-            for a in args:
-                if (dt is not None and isinstance(a, dt.graph_types)) or _is_task(a):
-                    fast = False
-                    break
-                try:
-                    if a not in tasks:
+            try:
+                for a in args:
+                    if (type(a) is tuple and a and callable(a[0])) or a not in tasks or (
+                            graph_types and isinstance(a, graph_types)):
                         fast = False
                         break
-                except TypeError:
-                    fast = False
-                    break
-            if fast and len(set(args)) == len(args):
-                return TaskSpec(func, args, name, _func_name(func), cost_key=_cost_key(func))
+            except TypeError:  # an unhashable arg: a literal
+                fast = False
+            if fast and (len(args) < 2 or len(set(args)) == len(args)):
+                return TaskSpec(func, args, name, _func_name(func), NO_VALUE, _cost_key(func))
             comp = _Compiler(tasks, dt)
             kernel = _call_kernel(func, [comp.arg(a) for a in args])
             return TaskSpec(kernel, tuple(comp.deps), name, _func_name(func),
@@ -527,10 +525,13 @@ def flatten_keys(keys: Any) -> list:
 
 
 def pack_results(keys: Any, values: Mapping) -> Any:
-    """``values`` arranged like ``keys``: one value for one key, nested lists for lists."""
+    """``values`` arranged like ``keys``: one value for one key, and a tuple for each
+    list of keys, nested alike (dask's ``get`` convention)."""
     if not isinstance(keys, list):
         return values[keys]
+    # Build nested lists first (iteratively), then turn them into tuples bottom-up.
     root: list = []
+    built: list[list] = [root]
     stack = [(iter(keys), root)]
     while stack:
         it, out = stack[-1]
@@ -538,10 +539,14 @@ def pack_results(keys: Any, values: Mapping) -> Any:
             if isinstance(k, list):
                 inner: list = []
                 out.append(inner)
+                built.append(inner)
                 stack.append((iter(k), inner))
                 break
             out.append(values[k])
         else:
             stack.pop()
-    return root
+    frozen: dict[int, tuple] = {}
+    for lst in reversed(built):  # children were appended after their parents
+        frozen[id(lst)] = tuple(frozen.get(id(v), v) if isinstance(v, list) else v for v in lst)
+    return frozen[id(root)]
 
