@@ -170,9 +170,13 @@ class Engine:
 
     def plan(self, keys: list, feeds: Mapping) -> Plan:
         """The cached plan for these fetch keys and fed keys (compiled on first use)."""
+        graph = getattr(keys[0], "graph", None) if keys else None
         for key in feeds:
             if not hasattr(key, "__task__"):
                 raise FeedError(f"feed key {key!r} is not a graph node")
+            if getattr(key, "graph", None) is not graph:
+                raise FeedError(f"feed {getattr(key, 'name', key)!r} belongs to another graph "
+                                "than the fetches")
         cache_key = (tuple(keys), frozenset(feeds))
         with self._lock:
             plan = self._plans.get(cache_key)

@@ -29,7 +29,9 @@ DEFAULT_INLINE_THRESHOLD = 40e-6
 
 
 class Plan:
-    """The compiled form of one (fetches, fed keys) request. Immutable apart from the
+    """The compiled form of one (fetches, fed keys) request. Fed keys that the fetches
+    do not need are ignored (as in TensorFlow: feeding a placeholder a fetch does not use
+    is no error); whether a fed key belongs to the graph at all is the caller's check. Immutable apart from the
     learned per-task costs, which only affect scheduling choices, never results."""
 
     def __init__(self, fetch_keys: Sequence[Hashable], fed_keys: Sequence[Hashable],
@@ -59,11 +61,6 @@ class Plan:
                     raise FeedError(f"{spec.op} {spec.name!r} must be fed: no value was given for it")
                 self.template[p] = spec.value
                 is_source[p] = True
-        unused = fed.difference(order)
-        if unused:
-            names = sorted(_describe(k) for k in unused)
-            raise FeedError(f"feeds {', '.join(names)} are not used by the fetches")
-
         # Distinct parents and children; a value feeding one task twice counts once.
         self.parents: list[tuple[int, ...]] = [tuple(dict.fromkeys(a)) for a in self.args]
         children: list[list[int]] = [[] for _ in range(n)]
@@ -147,11 +144,6 @@ def updated_estimate(old: float | None, sample: float) -> float:
     that really became slower crosses the threshold after a few samples instead.
     """
     return sample if old is None else min(sample, 4 * old)
-
-
-def _describe(key: Hashable) -> str:
-    name = getattr(key, "name", None)
-    return repr(name) if isinstance(name, str) else repr(key)
 
 
 def _post_order(fetch_keys: Sequence[Hashable], fed: set,

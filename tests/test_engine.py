@@ -141,7 +141,7 @@ def test_node_error_names_node_and_op_and_engine_stays_usable(engine):
     ("missing", "x"),
     ("wrong-shape", "shape"),
     ("wrong-dtype", "dtype"),
-    ("extra", "not used"),
+    ("other-graph", "another graph"),
     ("not-a-node", "not a graph node"),
 ])
 def test_bad_feeds_raise_before_anything_runs(engine, feeds, message):
@@ -152,17 +152,27 @@ def test_bad_feeds_raise_before_anything_runs(engine, feeds, message):
         x = df.placeholder("x", (2,))
         y = df.placeholder("y", (2,))
         out = spy(x * 2.0)
+    with df.Graph():
+        other = df.placeholder("x", (2,))
     good = np.ones(2)
     feeds = {
         "missing": {},
         "wrong-shape": {x: np.ones(3)},
         "wrong-dtype": {x: np.array(["a", "b"])},
-        "extra": {x: good, y: good},
+        "other-graph": {x: good, other: good},
         "not-a-node": {x: good, "x": good},
     }[feeds]
     with pytest.raises(FeedError, match=message):
         engine.run(out, feeds)
     assert ran == []
+
+
+def test_unused_feed_of_the_same_graph_is_accepted(engine):
+    with df.Graph():
+        x = df.placeholder("x", (2,))
+        labels = df.placeholder("labels", (2,))
+        out = x * 2.0
+    assert np.array_equal(engine.run(out, {x: np.ones(2), labels: np.zeros(2)}), [2.0, 2.0])
 
 
 def test_check_numerics_names_first_bad_node():
