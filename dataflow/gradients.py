@@ -45,13 +45,19 @@ def _as_list(value: Any, what: str) -> tuple[list, bool]:
 
 
 def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
-              grad_ys: Any = None, *, unconnected: str = "zero") -> list[Node | None]:
+              grad_ys: Any = None, *, unconnected: str = "zero",
+              checkpoints: Any = None) -> list[Node | None]:
     """The gradient of ``sum(ys)`` (each y weighted by its ``grad_ys`` entry) with
     respect to each of ``xs``, as new nodes in the same graph.
 
     ``grad_ys`` defaults to ones shaped like each y. ``unconnected`` says what an x that
     the ys do not depend on gets: ``"zero"`` (zeros shaped like x), ``"none"`` or
     ``"raise"`` (``GradientError``).
+
+    ``checkpoints`` (``None``, ``"auto"`` or a list of nodes) turns on gradient
+    checkpointing: the bprops see recomputed copies of the forward values, rebuilt
+    from the checkpoints late in the backward pass, so that the forward values between
+    checkpoints need not stay alive (see ``dataflow.checkpointing``).
     """
     if unconnected not in UNCONNECTED:
         raise ValueError(f"gradients: unconnected must be one of {UNCONNECTED}, "
@@ -66,6 +72,11 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
             raise GraphError(f"gradients: node {node.name!r} belongs to graph {node.graph.name!r}, "
                              f"not {graph.name!r}")
     seeds = _seed_gradients(y_list, grad_ys)
+    recompute = None
+    if checkpoints is not None:
+        from .checkpointing import Recomputer
+
+        recompute = Recomputer(y_list, x_list, checkpoints)
 
     between = _nodes_between(x_list, y_list)
     contributions: dict[int, list[Node]] = {}
@@ -91,7 +102,11 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
                 f"op {node.op.name!r} (node {node.name!r}) has no bprop, so no gradient can flow "
                 "through it; wrap its input in stop_gradient or give the op a bprop"
             )
-        results = node.op.bprop(node.inputs, node, grad, wanted)
+        if recompute is None:
+            results = node.op.bprop(node.inputs, node, grad, wanted)
+        else:
+            inputs, output = recompute.view(node, grad)
+            results = node.op.bprop(inputs, output, grad, wanted)
         if len(results) != len(node.inputs):
             raise GradientError(f"op {node.op.name!r}: bprop returned {len(results)} gradients "
                                 f"for {len(node.inputs)} inputs")

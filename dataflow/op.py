@@ -65,7 +65,8 @@ class Op:
         if name:
             existing = REGISTRY.get(name)
             if existing is not None and existing.__qualname__ != cls.__qualname__:
-                raise GraphError(f"op name {name!r} is already registered by {existing.__qualname__}")
+                raise GraphError(f"op name {name!r} is already registered by "
+                                 f"{existing.__qualname__}")
             REGISTRY[name] = cls
             cls.builtin = cls.__module__.startswith("dataflow.")
 
@@ -167,12 +168,16 @@ _dtype_cache: dict[tuple, np.dtype] = {}
 
 def result_dtype(fn: Callable[..., Any], dtypes: Sequence[np.dtype]) -> np.dtype:
     """The dtype numpy gives ``fn`` on these input dtypes (found by probing 0-d arrays)."""
+    # Bound methods (one per op instance) are not cached: the cache would keep every
+    # op alive and grow with the graph. Numpy functions and ufuncs are few and shared.
+    cacheable = not hasattr(fn, "__self__") or isinstance(fn, np.ufunc)
     key = (fn, *dtypes)
-    out = _dtype_cache.get(key)
+    out = _dtype_cache.get(key) if cacheable else None
     if out is None:
         with np.errstate(all="ignore"):
             out = np.asarray(fn(*[np.ones((), d) for d in dtypes])).dtype
-        _dtype_cache[key] = out
+        if cacheable:
+            _dtype_cache[key] = out
     return out
 
 

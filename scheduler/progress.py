@@ -23,12 +23,24 @@ T = TypeVar("T")
 INSTALL_HINT = "pip install 'dataflow[profile]' (or pip install tqdm)"
 
 
+_bar_class: Any = None
+
+
 def _tqdm() -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        raise ImportError(f"progress bars need tqdm: {INSTALL_HINT}") from None
-    return tqdm
+    """tqdm's bar class, without its monitor thread (a process-wide thread that outlives
+    every bar; our bars are refreshed by their updates, so it adds nothing)."""
+    global _bar_class
+    if _bar_class is None:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            raise ImportError(f"progress bars need tqdm: {INSTALL_HINT}") from None
+
+        class Bar(tqdm):
+            monitor_interval = 0
+
+        _bar_class = Bar
+    return _bar_class
 
 
 class ProgressBar(Callback):

@@ -519,9 +519,10 @@ def test_figure_6_9_chain_with_reused_nodes_stays_linear():
     x0 = np.array([0.3, -0.5, 1.1])
     with df.Graph() as g:
         x = df.placeholder("x", (3,))
+        e = df.constant(eps)
         h = x
         for _ in range(depth):
-            h = h + eps * (df.sin(h) * h)  # h used three times per step
+            h = h + e * (df.sin(h) * h)  # h used three times per step
         y = df.sum(h)
         n_forward = len(g)
         (gx,) = df.gradients(y, [x])

@@ -251,7 +251,7 @@ case("cast-same-dtype", lambda x: df.cast(x, np.float64) * 3.0, normal(3, 4))
 # stop_gradient where it does not change the derivative: the shift of a logsumexp
 # cancels, so the symbolic gradient without it must still match finite differences.
 case("stop_gradient-logsumexp-shift",
-     lambda x: df.log(df.sum(df.exp(x - df.stop_gradient(df.max(x))))) + df.stop_gradient(df.max(x)),
+     lambda x: (lambda m: df.log(df.sum(df.exp(x - m))) + m)(df.stop_gradient(df.max(x))),
      sep(3, 4))
 case("stop_gradient-plus-zero", lambda x: x * x + df.stop_gradient(x) * 0.0, normal(3, 4))
 
@@ -262,6 +262,24 @@ case("composite-mlp", lambda x, w, b: df.tanh(x @ w + b), normal(3, 4), normal(4
 case("composite-diamond", lambda x: (lambda y: y + y * df.sin(y))(x * x), normal(3, 4))
 case("composite-normalize", lambda x: x / df.sqrt(df.sum(x * x, axis=-1, keepdims=True)),
      normal(3, 4))
+
+# -- linear ops under a nonlinearity: their gradient depends on x, so the second-order
+# check differentiates the adjoint ops (sum_to, scatter, broadcast, ...) in turn ------
+
+LINEAR: list[tuple[str, Callable[[df.Node], df.Node], tuple[int, ...]]] = [
+    ("sum-axis1", lambda x: df.sum(x, axis=1), (3, 4)),
+    ("mean-keepdims", lambda x: df.mean(x, axis=0, keepdims=True), (3, 4)),
+    ("reshape", lambda x: df.reshape(x, (2, -1)), (3, 4)),
+    ("transpose", lambda x: df.transpose(x, (1, 2, 0)), (2, 3, 4)),
+    ("broadcast_to", lambda x: df.broadcast_to(x, (2, 3, 4)), (3, 1)),
+    ("getitem", lambda x: x[1:, None, ::-2], (3, 4)),
+    ("getitem-int", lambda x: x[..., -1], (2, 3, 4)),
+    ("concatenate", lambda x: df.concatenate([x, x[:1]], axis=0), (3, 4)),
+    ("stack", lambda x: df.stack([x, -x], axis=1), (3, 4)),
+    ("add-broadcast", lambda x: x + np.ones((2, 1, 1)), (3, 4)),
+]
+for _name, _fn, _shape in LINEAR:
+    case(f"sin-of-{_name}", lambda x, _f=_fn: df.sin(_f(x)), normal(*_shape))
 
 # -- large enough for check_grads' random-direction path (size > full_limit) ------------
 

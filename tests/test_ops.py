@@ -23,18 +23,7 @@ _rng = np.random.default_rng(7)
 
 
 def run(fetches: Any, feeds: dict | None = None) -> Any:
-    """Run inline, feeding only the placeholders the fetches depend on (the engine
-    refuses feeds it does not use; a gradient need not depend on every input)."""
-    roots = [fetches] if isinstance(fetches, df.Node) else list(fetches)
-    needed: set[int] = set()
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        if node.id not in needed:
-            needed.add(node.id)
-            stack.extend(node.inputs)
-    used = {k: v for k, v in (feeds or {}).items() if k.id in needed}
-    return scheduler.run(fetches, used, executor="inline")
+    return scheduler.run(fetches, feeds or {}, executor="inline")
 
 
 def normal(*shape: int) -> np.ndarray:

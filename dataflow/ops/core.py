@@ -69,7 +69,8 @@ class Placeholder(Op):
             raise TypeError(f"feed for placeholder {name!r} is a node; feed a value")
         array = np.asarray(value)
         if array.dtype == object:
-            raise TypeError(f"feed for placeholder {name!r} is not numeric (got {type(value).__name__})")
+            raise TypeError(f"feed for placeholder {name!r} is not numeric "
+                            f"(got {type(value).__name__})")
         if array.dtype != self.dtype:
             if np.can_cast(array.dtype, self.dtype, casting="same_kind") and (
                 array.dtype.kind == self.dtype.kind or not isinstance(value, np.ndarray)

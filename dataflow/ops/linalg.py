@@ -34,7 +34,8 @@ class Matmul(Op):
         try:
             batch = broadcast("matmul", ma[:-2], mb[:-2])
         except ShapeError:
-            raise ShapeError(f"matmul: batch dimensions do not broadcast: {fmt(sa)} @ {fmt(sb)}") from None
+            raise ShapeError(f"matmul: batch dimensions do not broadcast: "
+                             f"{fmt(sa)} @ {fmt(sb)}") from None
         shape = batch + ((ma[-2],) if len(sa) > 1 else ()) + ((mb[-1],) if len(sb) > 1 else ())
         return shape, np.result_type(a.dtype, b.dtype)
 

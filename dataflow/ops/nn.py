@@ -164,11 +164,13 @@ def softmax_cross_entropy(logits: Node, labels: Node) -> Node:
     ``logits`` is (batch, classes); ``labels`` holds integer class indices, (batch,).
     """
     if len(logits.shape) != 2:
-        raise ShapeError(f"softmax_cross_entropy: logits must be (batch, classes), got {fmt(logits.shape)}")
+        raise ShapeError("softmax_cross_entropy: logits must be (batch, classes), "
+                         f"got {fmt(logits.shape)}")
     if not isinstance(labels, Node):
         labels = constant(np.asarray(labels), graph=logits.graph)
     if labels.dtype.kind not in "iu":
-        raise ShapeError(f"softmax_cross_entropy: labels must be integers, got dtype {labels.dtype}")
+        raise ShapeError("softmax_cross_entropy: labels must be integers, "
+                         f"got dtype {labels.dtype}")
     if len(labels.shape) != 1 or not (
         labels.shape[0] is None or logits.shape[0] is None or labels.shape[0] == logits.shape[0]
     ):

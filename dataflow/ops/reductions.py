@@ -76,7 +76,8 @@ class InverseCount(Op):
 
     def forward(self, x):
         shape = np.shape(x)
-        return np.asarray(1.0 / builtins.max(int(np.prod([shape[a] for a in self.axis])), 1), self.dtype)
+        count = int(np.prod([shape[a] for a in self.axis]))
+        return np.asarray(1.0 / builtins.max(count, 1), self.dtype)
 
     def bprop(self, inputs, output, grad, wanted):
         return (None,)

@@ -158,7 +158,8 @@ class Transpose(Op):
     def infer(self, x):
         axes = self.axes if self.axes is not None else tuple(range(len(x.shape)))[::-1]
         if sorted(axes) != list(range(len(x.shape))):
-            raise ShapeError(f"{self.name}: axes {self.axes} do not match input of shape {fmt(x.shape)}")
+            raise ShapeError(f"{self.name}: axes {self.axes} do not match input of shape "
+                             f"{fmt(x.shape)}")
         return tuple(x.shape[a] for a in axes), x.dtype
 
     def forward(self, x):
@@ -234,7 +235,8 @@ def _normalize_index(index: Any, ndim: int) -> tuple:
         if item is Ellipsis:
             out.extend([slice(None)] * (ndim - used))
         elif isinstance(item, slice):
-            out.append(slice(*(None if v is None else int(v) for v in (item.start, item.stop, item.step))))
+            out.append(slice(*(None if v is None else int(v)
+                               for v in (item.start, item.stop, item.step))))
         elif item is None:
             out.append(None)
         else:
@@ -258,7 +260,8 @@ class GetItem(Op):
             d = next(dims)
             if isinstance(item, int):
                 if d is not None and not -d <= item < d:
-                    raise ShapeError(f"getitem: index {item} is out of bounds for a dim of size {d}")
+                    raise ShapeError(f"getitem: index {item} is out of bounds "
+                                     f"for a dim of size {d}")
             elif d is None:
                 shape.append(None)
             else:
