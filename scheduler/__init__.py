@@ -23,3 +23,12 @@ __all__ = [
     "NumericsError", "Plan", "Profiler", "ProgressBar", "RunInfo", "RunProfile", "SchedulerError",
     "TaskRecord", "TaskSpec", "get", "progress", "run",
 ]
+
+
+def __getattr__(name: str):
+    # dask is optional: DaskExecutor (scheduler/dask_executor.py) is imported on first use.
+    if name == "DaskExecutor":
+        from .dask_executor import DaskExecutor
+
+        return DaskExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -82,6 +82,8 @@ class Engine:
             if executor not in EXECUTOR_NAMES:
                 raise ValueError(f"unknown executor {executor!r}; expected one of "
                                  f"{', '.join(EXECUTOR_NAMES)} or a concurrent.futures.Executor")
+            if executor == "dask":
+                _require_distributed()
             self.kind = executor
             self._external = None
         elif callable(getattr(executor, "submit", None)):
@@ -218,9 +220,11 @@ class Engine:
         sequential = self.kind == "inline" or reentrant
         learn = not sequential and (plan.runs < 2 or plan.runs % LEARN_EVERY == 0)
         plan.runs += 1
-        if sequential or (not plan.any_expensive and not learn and plain):
-            if plain:
+        if sequential or (not plan.any_expensive and plain):
+            if plain and not learn:
                 _walk(plan, values)
+            elif plain:
+                self._learning_walk(plan, values)
             else:
                 run = _Run(self, plan, values, None, cbs, deadline, reentrant or self.kind == "inline")
                 run.drive()
@@ -228,6 +232,20 @@ class Engine:
             run = _Run(self, plan, values, self._pool(), cbs, deadline, False)
             run.drive()
         return [values[p] for p in plan.fetch_positions]
+
+    def _learning_walk(self, plan: Plan, values: list) -> None:
+        """Walk the plan on this thread like ``_walk``, timing every task. Once a cost key
+        proves expensive (twice), hand the rest of the run to the pooled driver, so that
+        a first run of a graph of unknown tasks is both cheap and parallel where it counts."""
+        durations: dict[int, float] = {}
+        done = _timed_walk(plan, values, durations, self._costs, self.inline_threshold)
+        if done < len(plan.steps):
+            run = _Run(self, plan, values, self._pool(), (), None, False,
+                       finished=plan.compute[:done])
+            run.durations = durations
+            run.drive()
+        else:
+            plan.learn(durations, self._costs, self.inline_threshold)
 
     # -- running plain task graphs ---------------------------------------------------------
     def get(self, tasks: Mapping, keys: Any, *, feeds: Mapping | None = None,
@@ -256,7 +274,8 @@ class Engine:
 def _compile(keys: list, fed: list, rewrite: bool) -> Plan:
     """The plan for fetch ``keys`` and ``fed`` keys. With ``rewrite``, the fetch objects'
     class may first rewrite their graph: ``type(keys[0]).__plan_rewrite__(keys, fed)``
-    returns ``(new keys, new fed keys, {new key: original key})``, position for position.
+    returns ``(new keys, new fed keys, {new key: original key})``: the new keys position
+    for position, and the fed keys the new graph still reads (each in the mapping).
     The plan is compiled from the new keys but speaks in the original ones: feeds are
     looked up by the original fed keys, and each task that stands for an original key
     is reported (callbacks, ``plan.keys``) under it."""
@@ -283,11 +302,39 @@ def _walk(plan: Plan, values: list) -> None:
         raise NodeError(plan.names[p], plan.ops[p], exc) from exc
 
 
+def _timed_walk(plan: Plan, values: list, durations: dict[int, float],
+                costs: dict[Hashable, float], threshold: float) -> int:
+    """``_walk`` that records each task's duration and stops after the task that
+    confirms a cost key as expensive (its second slow task). Returns the number of
+    steps done; freeing follows the sequential order, so it is right at any stop."""
+    perf_counter = time.perf_counter
+    cost_keys = plan.cost_keys
+    slow_once: set = set()
+    p = -1
+    try:
+        for i, (p, kernel, args, dies) in enumerate(plan.steps):
+            start = perf_counter()
+            values[p] = kernel(*[values[a] for a in args])
+            seconds = durations[p] = perf_counter() - start
+            for d in dies:
+                values[d] = None
+            if seconds > threshold and cost_keys[p] is not None:
+                key = cost_keys[p]
+                if key in slow_once:
+                    costs[key] = seconds
+                    return i + 1
+                slow_once.add(key)
+    except Exception as exc:
+        raise NodeError(plan.names[p], plan.ops[p], exc) from exc
+    return len(plan.steps)
+
+
 class _Run:
     """The state of one run. Only the driving thread touches it."""
 
     def __init__(self, engine: Engine, plan: Plan, values: list, pool: Any,
-                 callbacks: tuple[Callback, ...], deadline: float | None, inline: bool):
+                 callbacks: tuple[Callback, ...], deadline: float | None, inline: bool,
+                 finished: Iterable[int] = ()):
         self.engine = engine
         self.plan = plan
         self.values = values
@@ -313,8 +360,27 @@ class _Run:
         self.driver = worker_name()
         self.info = RunInfo(plan, engine.kind, 0 if inline else engine.workers, self.started,
                             list(plan.keys[p] for p in plan.fetch_positions))
-        for p in plan.initial_ready:
-            self._make_ready(p)
+        finished = list(finished)
+        if finished:
+            self._resume_after(finished)
+        else:
+            for p in plan.initial_ready:
+                self._make_ready(p)
+
+    def _resume_after(self, finished: list[int]) -> None:
+        """Take over a run whose ``finished`` tasks already ran on this thread (their
+        values, and the releases of the sequential walk, are in place)."""
+        plan, pending, left, done = self.plan, self.pending, self.consumers_left, self.done
+        for p in finished:
+            done[p] = 1
+            for c in plan.children[p]:
+                pending[c] -= 1
+            for q in plan.parents[p]:
+                left[q] -= 1
+        self.finished = len(finished)
+        for p in plan.compute:
+            if not done[p] and pending[p] == 0:
+                self._make_ready(p)
 
     # -- transitions ---------------------------------------------------------------------
     def _make_ready(self, p: int) -> None:
@@ -517,6 +583,14 @@ def _flatten_fetches(fetches: Any) -> tuple[list, Any]:
         kind = type(fetches)
         return keys, lambda vals: kind(vals[where[f]] for f in fetches)
     return [fetches], lambda vals: vals[0]
+
+
+def _require_distributed() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise ImportError("executor 'dask' needs dask.distributed: "
+                          "pip install 'dataflow[distributed]'")
 
 
 def _shutdown_pools(owned: dict) -> None:

@@ -213,6 +213,25 @@ def _cost_key(func: Any) -> Hashable:
     return func
 
 
+_func_descriptions: dict = {}
+
+
+def _describe_func(func: Any) -> tuple[str, Hashable]:
+    """``(_func_name(func), _cost_key(func))``, remembered per function: a graph of
+    20,000 ``inc`` tasks asks 20,000 times. Only functions that live as long as their
+    module are remembered; a closure or lambda could hold large data alive."""
+    try:
+        found = _func_descriptions.get(func)
+    except TypeError:  # an unhashable callable
+        return _func_name(func), _cost_key(func)
+    if found is None:
+        found = (_func_name(func), _cost_key(func))
+        qualname = getattr(func, "__qualname__", "<")
+        if "<" not in qualname and getattr(func, "__closure__", None) is None:
+            _func_descriptions[func] = found
+    return found
+
+
 def _is_task(x: Any) -> bool:
     return type(x) is tuple and bool(x) and callable(x[0])
 
@@ -414,9 +433,9 @@ class TaskGraphSource:
         tasks = self.tasks
         value = tasks[key]
         dt = _dask()
-        name = str(key)
+        name = key if type(key) is str else str(key)
 
-        if dt is not None and isinstance(value, dt.graph_types):
+        if type(value) is not tuple and dt is not None and isinstance(value, dt.graph_types):
             return self._node_spec(value, name, dt)
 
         if type(value) is tuple and value and callable(value[0]):
@@ -434,7 +453,8 @@ class TaskGraphSource:
             except TypeError:  # an unhashable arg: a literal
                 fast = False
             if fast and (len(args) < 2 or len(set(args)) == len(args)):
-                return TaskSpec(func, args, name, _func_name(func), NO_VALUE, _cost_key(func))
+                op, cost_key = _describe_func(func)
+                return TaskSpec(func, args, name, op, NO_VALUE, cost_key)
             comp = _Compiler(tasks, dt)
             kernel = _call_kernel(func, [comp.arg(a) for a in args])
             return TaskSpec(kernel, tuple(comp.deps), name, _func_name(func),
