@@ -15,7 +15,9 @@ array from the start.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+import gc
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from .errors import CycleError, FeedError
@@ -31,11 +33,19 @@ DEFAULT_INLINE_THRESHOLD = 40e-6
 class Plan:
     """The compiled form of one (fetches, fed keys) request. Fed keys that the fetches
     do not need are ignored (as in TensorFlow: feeding a placeholder a fetch does not use
-    is no error); whether a fed key belongs to the graph at all is the caller's check. Immutable apart from the
-    learned per-task costs, which only affect scheduling choices, never results."""
+    is no error); whether a fed key belongs to the graph at all is the caller's check.
+    Immutable apart from the learned per-task costs, which only affect scheduling
+    choices, never results."""
 
     def __init__(self, fetch_keys: Sequence[Hashable], fed_keys: Sequence[Hashable],
                  spec_of: SpecOf):
+        # Compiling allocates a few small objects per task and keeps them all: the
+        # cyclic collector would rescan the growing heap many times for nothing.
+        with gc_paused():
+            self._build(fetch_keys, fed_keys, spec_of)
+
+    def _build(self, fetch_keys: Sequence[Hashable], fed_keys: Sequence[Hashable],
+               spec_of: SpecOf) -> None:
         fed = set(fed_keys)
         order, specs = _post_order(fetch_keys, fed, spec_of)
         position = {key: p for p, key in enumerate(order)}
@@ -45,53 +55,68 @@ class Plan:
         self.ops: list[str] = [s.op for s in specs]
         self.kernels: list[Callable[..., Any] | None] = [s.kernel for s in specs]
         self.cost_keys: list[Hashable] = [s.cost_key for s in specs]
-        self.args: list[tuple[int, ...]] = [tuple(position[d] for d in s.deps) for s in specs]
         self.fetch_positions: list[int] = [position[k] for k in fetch_keys]
 
         #: literal values, and (position, key, check) of each value that must be fed
         self.template: list[Any] = [None] * n
         self.feed_slots: list[tuple[int, Hashable, Callable[[Any], Any] | None]] = []
+        #: argument positions (with repeats); distinct parents; children, in order
+        self.args: list[tuple[int, ...]] = []
+        self.parents: list[tuple[int, ...]] = []
+        children: list[list[int]] = [[] for _ in range(n)]
         is_source = [False] * n
-        for p, (key, spec) in enumerate(zip(order, specs)):
+        compute: list[int] = []
+        pending = [0] * n
+        # One pass in topological order: every parent's position is known already.
+        for p, spec in enumerate(specs):
+            deps = spec.deps
+            if len(deps) == 1:
+                args = parents = (position[deps[0]],)
+            else:
+                args = tuple([position[d] for d in deps])
+                parents = tuple(dict.fromkeys(args)) if len(set(args)) < len(args) else args
+            self.args.append(args)
+            self.parents.append(parents)
+            key = order[p]
             if key in fed:
                 self.feed_slots.append((p, key, spec.check_feed))
                 is_source[p] = True
-            elif spec.kernel is None:
+                continue
+            if spec.kernel is None:
                 if spec.value is NO_VALUE:
-                    raise FeedError(f"{spec.op} {spec.name!r} must be fed: no value was given for it")
+                    raise FeedError(f"{spec.op} {spec.name!r} must be fed: no value was given")
                 self.template[p] = spec.value
                 is_source[p] = True
-        # Distinct parents and children; a value feeding one task twice counts once.
-        self.parents: list[tuple[int, ...]] = [tuple(dict.fromkeys(a)) for a in self.args]
-        children: list[list[int]] = [[] for _ in range(n)]
-        for p, parents in enumerate(self.parents):
+                continue
+            compute.append(p)
+            waiting = 0
             for q in parents:
                 children[q].append(p)
+                if not is_source[q]:
+                    waiting += 1
+            pending[p] = waiting
         self.children: list[tuple[int, ...]] = [tuple(c) for c in children]
         self.is_source = is_source
-        self.compute: list[int] = [p for p in range(n) if not is_source[p]]
-        self.initial_pending: list[int] = [
-            0 if is_source[p] else sum(1 for q in self.parents[p] if not is_source[q])
-            for p in range(n)
-        ]
-        self.initial_ready: list[int] = [p for p in self.compute if self.initial_pending[p] == 0]
-        fetched = set(self.fetch_positions)
-        self.keep: list[bool] = [p in fetched for p in range(n)]
-        self.consumers: list[int] = [len(c) for c in self.children]
+        self.compute = compute
+        self.initial_pending = pending
+        self.initial_ready: list[int] = [p for p in compute if pending[p] == 0]
+        self.keep: list[bool] = [False] * n
+        for p in self.fetch_positions:
+            self.keep[p] = True
+        self.consumers: list[int] = [len(c) for c in children]
 
-        # For the sequential walk: the values whose last consumer is p die right after p.
-        last_use = {}
-        for p in self.compute:
-            for q in self.parents[p]:
-                last_use[q] = p
+        # For the sequential walk: a value dies right after its last consumer (the
+        # consumer latest in the order), unless it is fetched.
         dies_after: list[list[int]] = [[] for _ in range(n)]
-        for q, p in last_use.items():
-            if not self.keep[q]:
-                dies_after[p].append(q)
-        self.dies_after: list[tuple[int, ...]] = [tuple(d) for d in dies_after]
+        keep = self.keep
+        for q, kids in enumerate(children):
+            if kids and not keep[q]:
+                dies_after[kids[-1]].append(q)
+        self.dies_after: list[tuple[int, ...]] = [tuple(d) if d else () for d in dies_after]
         #: (position, kernel, argument positions, positions freed afterwards) in order
+        kernels, args_, dies_ = self.kernels, self.args, self.dies_after
         self.steps: list[tuple[int, Callable[..., Any], tuple[int, ...], tuple[int, ...]]] = [
-            (p, self.kernels[p], self.args[p], self.dies_after[p]) for p in self.compute
+            (p, kernels[p], args_[p], dies_[p]) for p in compute
         ]
 
         #: learned duration per position (seconds), None until measured, and how many
@@ -136,6 +161,18 @@ class Plan:
         self.any_expensive = any(self.expensive)
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (reference counting still frees everything)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def updated_estimate(old: float | None, sample: float) -> float:
     """A duration estimate that drops at once and rises at most 4x per sample.
 
@@ -149,42 +186,37 @@ def updated_estimate(old: float | None, sample: float) -> float:
 def _post_order(fetch_keys: Sequence[Hashable], fed: set,
                 spec_of: SpecOf) -> tuple[list[Hashable], list[TaskSpec]]:
     """Depth-first post-order of the tasks the fetches need, without recursion.
-    Raises ``CycleError`` with the path when the walk meets a task on its own stack."""
+    Raises ``CycleError`` with the path when the walk meets a task on its own stack.
+    A fed key's spec loses its dependencies: its value cuts its ancestors off."""
     order: list[Hashable] = []
     specs: list[TaskSpec] = []
-    state: dict[Hashable, int] = {}  # 1: on the stack, 2: done
-    spec_cache: dict[Hashable, TaskSpec] = {}
+    state: dict[Hashable, bool] = {}  # False: on the stack, True: done
     for root in fetch_keys:
-        if state.get(root) == 2:
+        if state.get(root):
             continue
-        stack: list[tuple[Hashable, Any]] = []
-        root_spec = _spec(root, fed, spec_of, spec_cache)
-        state[root] = 1
-        stack.append((root, iter(root_spec.deps)))
+        spec = spec_of(root)
+        if root in fed:
+            spec = spec._replace(deps=())
+        state[root] = False
+        stack: list[tuple[Hashable, TaskSpec, Any]] = [(root, spec, iter(spec.deps))]
         while stack:
-            key, deps = stack[-1]
+            key, spec, deps = stack[-1]
             for dep in deps:
-                s = state.get(dep)
-                if s == 2:
+                seen = state.get(dep)
+                if seen:
                     continue
-                if s == 1:
-                    path = [k for k, _ in stack]
+                if seen is False:
+                    path = [k for k, _, _ in stack]
                     raise CycleError(path[path.index(dep):] + [dep])
-                dep_spec = _spec(dep, fed, spec_of, spec_cache)
-                state[dep] = 1
-                stack.append((dep, iter(dep_spec.deps)))
+                dep_spec = spec_of(dep)
+                if dep in fed:
+                    dep_spec = dep_spec._replace(deps=())
+                state[dep] = False
+                stack.append((dep, dep_spec, iter(dep_spec.deps)))
                 break
             else:
                 stack.pop()
-                state[key] = 2
+                state[key] = True
                 order.append(key)
-                specs.append(spec_cache.pop(key))
+                specs.append(spec)
     return order, specs
-
-
-def _spec(key: Hashable, fed: set, spec_of: SpecOf, cache: dict) -> TaskSpec:
-    spec = spec_of(key)
-    if key in fed:
-        spec = spec._replace(deps=())  # a fed value cuts its ancestors off
-    cache[key] = spec
-    return spec
