@@ -18,12 +18,13 @@ a file that is not UTF-8 JSON, the wrong format name or an unknown version, unkn
 or non-built-in ops, missing, extra or ill-typed fields, dangling, duplicate or
 forward input ids (a forward reference is how a cycle would have to be written),
 object, void, string or structured dtypes, negative or absurd shapes (more than
-``MAX_DIMS`` dims or ``MAX_ELEMENTS`` elements), array payloads whose size does not
-match their dtype and shape, nesting deeper than ``MAX_JSON_DEPTH`` (checked by an
-iterative scan *before* ``json.loads`` runs, since ``json.loads`` recurses), files
-larger than ``max_bytes`` (checked with ``os.fstat`` before reading; only regular
-files are read), attrs that an op's constructor or shape rule rejects, and rebuilt
-nodes whose shape or dtype differ from the ones the file recorded.
+``MAX_DIMS`` dims or ``MAX_ELEMENTS`` elements), attr tuples longer than
+``MAX_TUPLE_LEN``, array payloads whose size does not match their dtype and shape,
+nesting deeper than ``MAX_JSON_DEPTH`` (checked by an iterative scan *before*
+``json.loads`` runs, since ``json.loads`` recurses), files larger than ``max_bytes``
+(checked with ``os.fstat`` before reading; only regular files are read), attrs that
+an op's constructor or shape rule rejects, and rebuilt nodes whose shape or dtype
+differ from the ones the file recorded.
 
 Format (version 1)
 ------------------
@@ -58,7 +59,8 @@ tag         payload
 ``int``     a JSON integer (at most 64 bits)
 ``float``   ``float.hex()`` text, exact and able to hold ``inf``/``nan``
 ``str``     a JSON string
-``tuple``   a list of tagged values (lists in attrs are saved as tuples)
+``tuple``   a list of at most ``MAX_TUPLE_LEN`` tagged values (lists in attrs are
+            saved as tuples)
 ``slice``   ``[start, stop, step]``, each an integer or ``null``
 ``dtype``   a dtype string such as ``"<f4"`` (see below)
 ``ndarray`` ``{"dtype": ..., "shape": [...], "data": base64}``
@@ -78,6 +80,7 @@ import binascii
 import json
 import os
 import re
+import reprlib
 import stat
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -91,7 +94,7 @@ from .ops.core import constant, placeholder
 
 __all__ = [
     "DEFAULT_MAX_BYTES", "FORMAT_NAME", "FORMAT_VERSION", "MAX_ATTR_DEPTH", "MAX_DIMS",
-    "MAX_ELEMENTS", "MAX_JSON_DEPTH", "load", "save",
+    "MAX_ELEMENTS", "MAX_JSON_DEPTH", "MAX_TUPLE_LEN", "load", "save",
 ]
 
 FORMAT_NAME = "dataflow.graph"
@@ -104,10 +107,13 @@ MAX_JSON_DEPTH = 64
 MAX_ATTR_DEPTH = 16
 #: Most dims a shape may have (numpy's own limit is 32 or 64).
 MAX_DIMS = 32
+#: Most items an attr tuple may hold (axes, shapes, indices need at most 2 * MAX_DIMS).
+MAX_TUPLE_LEN = 2 * MAX_DIMS
 #: Most elements a shape may describe (product of its known dims, zeros counted as 1).
 MAX_ELEMENTS = 1 << 31
 
 _NODE_FIELDS = ("id", "name", "op", "inputs", "attrs", "shape", "dtype")
+_NODE_FIELD_SET = frozenset(_NODE_FIELDS)
 _TOP_FIELDS = ("format", "version", "graph", "nodes", "outputs")
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -129,8 +135,9 @@ def save(graph_or_nodes: Graph | Node | Sequence[Node] | Mapping[str, Node],
     ``graph_or_nodes`` is a :class:`Graph` (every node is saved), a :class:`Node`, a
     list or tuple of nodes, or a dict of string keys to nodes; :func:`load` returns the
     same kind of thing. Raises ``TypeError`` for a graph that uses a custom op (custom
-    ops are code, not data) or an attr value this format cannot hold, and
-    ``GraphError`` for nodes of different graphs.
+    ops are code, not data) or an attr value this format cannot hold, ``ValueError``
+    for a shape beyond the limits that :func:`load` enforces, and ``GraphError`` for
+    nodes of different graphs.
     """
     nodes, outputs, graph_name = _collect(graph_or_nodes)
     index = {node.id: i for i, node in enumerate(nodes)}
@@ -142,7 +149,7 @@ def save(graph_or_nodes: Graph | Node | Sequence[Node] | Mapping[str, Node],
             "op": _saved_op_name(node),
             "inputs": [index[p.id] for p in node.inputs],
             "attrs": {k: _encode_attr(node, k, v) for k, v in node.op.attrs().items()},
-            "shape": [None if d is None else int(d) for d in node.shape],
+            "shape": _saved_shape(node.shape, f"node {node.name!r}"),
             "dtype": _dtype_str(node.dtype, f"node {node.name!r}"),
         }
         lines.append(json.dumps(record, separators=(",", ":"), allow_nan=False))
@@ -228,10 +235,23 @@ def _dtype_str(dtype: Any, where: str) -> str:
     return text
 
 
+def _saved_shape(shape: tuple, where: str) -> list:
+    """``shape`` as JSON, refused here if ``load`` would refuse it as absurd."""
+    dims = [None if d is None else int(d) for d in shape]
+    size = 1
+    for d in dims:
+        size *= 1 if d is None else max(d, 1)
+    if len(dims) > MAX_DIMS or size > MAX_ELEMENTS:
+        raise ValueError(f"cannot save {where}: shape {dims} is beyond what graph files hold "
+                         f"({MAX_DIMS} dims, {MAX_ELEMENTS} elements)")
+    return dims
+
+
 def _encode_array(array: np.ndarray, where: str) -> dict[str, Any]:
     dtype = _dtype_str(array.dtype, where)
+    shape = _saved_shape(array.shape, where)
     data = np.ascontiguousarray(array).astype(np.dtype(dtype), copy=False).tobytes()
-    return {"dtype": dtype, "shape": list(array.shape),
+    return {"dtype": dtype, "shape": shape,
             "data": base64.b64encode(data).decode("ascii")}
 
 
@@ -257,6 +277,9 @@ def _encode_value(value: Any, where: str, depth: int) -> list:
     if isinstance(value, str):
         return ["str", value]
     if isinstance(value, (tuple, list)):
+        if len(value) > MAX_TUPLE_LEN:
+            raise TypeError(f"cannot save {where}: a tuple of {len(value)} items, more than "
+                            f"{MAX_TUPLE_LEN}")
         return ["tuple", [_encode_value(v, where, depth + 1) for v in value]]
     if isinstance(value, slice):
         parts = []
@@ -310,24 +333,27 @@ def _read_bounded(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     return data
 
 
-# A complete JSON string, or one structural bracket. Strings are matched whole so that
-# brackets inside them do not count; the pattern has no nested repeats (linear time).
+# A complete JSON string (removed before counting, so that brackets inside strings do
+# not count; the unrolled pattern matches in linear time), and runs of brackets.
 _STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BRACKETS_RE = re.compile(r"[\[\]{}]+")
+_SCAN_CHUNK = 1 << 20
 
 
 def _check_nesting(text: str) -> None:
     """Refuse nesting deeper than MAX_JSON_DEPTH, iteratively, before json.loads (which
     recurses once per level and would raise RecursionError on 100,000 brackets)."""
+    brackets = "".join(_BRACKETS_RE.findall(_STRING_RE.sub("", text))).encode("ascii")
     depth = 0
-    for run in _BRACKETS_RE.findall(_STRING_RE.sub("", text)):
-        for char in run:
-            if char in "[{":
-                depth += 1
-                if depth > MAX_JSON_DEPTH:
-                    raise LoadError(f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
-            else:
-                depth -= 1
+    # The running depth is a cumulative sum of +1/-1 steps, taken a chunk at a time.
+    for start in range(0, len(brackets), _SCAN_CHUNK):
+        codes = np.frombuffer(brackets, np.uint8, offset=start,
+                              count=min(_SCAN_CHUNK, len(brackets) - start))
+        steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+        running = np.cumsum(steps) + depth
+        if int(running.max()) > MAX_JSON_DEPTH:
+            raise LoadError(f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+        depth = int(running[-1])
 
 
 def _no_constant(name: str) -> Any:
@@ -341,11 +367,11 @@ def _bounded_int(text: str) -> int:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise LoadError(f"duplicate key {key!r} in a JSON object")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise LoadError(f"duplicate key {duplicate[:80]!r} in a JSON object")
     return result
 
 
@@ -372,8 +398,13 @@ def _fields(obj: Any, expected: Sequence[str], where: str) -> dict[str, Any]:
     if missing:
         raise LoadError(f"{where} is missing field(s) {', '.join(map(repr, missing))}")
     if extra:
-        raise LoadError(f"{where} has unexpected field(s) {', '.join(map(repr, extra[:5]))}")
+        raise LoadError(f"{where} has unexpected field(s) {', '.join(map(_short, extra[:5]))}")
     return obj
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a value from a file, cut short for error messages."""
+    return reprlib.repr(value)
 
 
 def _json_type(value: Any) -> str:
@@ -412,11 +443,11 @@ def _check_header(document: Any) -> None:
         raise LoadError(f"not a graph file: the top level is {_json_type(document)}, "
                         "not an object")
     if document.get("format") != FORMAT_NAME:
-        raise LoadError(f"not a graph file: format is {document.get('format')!r}, "
+        raise LoadError(f"not a graph file: format is {_short(document.get('format'))}, "
                         f"expected {FORMAT_NAME!r}")
     version = document.get("version")
     if not _is_int(version) or version != FORMAT_VERSION:
-        raise LoadError(f"unsupported version {version!r} of {FORMAT_NAME!r} "
+        raise LoadError(f"unsupported version {_short(version)} of {FORMAT_NAME!r} "
                         f"(this reader knows version {FORMAT_VERSION})")
     _fields(document, _TOP_FIELDS, "the top level")
 
@@ -504,6 +535,11 @@ def _decode_value(value: Any, where: str, depth: int = 0) -> Any:
         return _expect_str(payload, f"{where} ('str')")
     if tag == "tuple":
         items = _expect_list(payload, f"{where} ('tuple')")
+        if len(items) > MAX_TUPLE_LEN:
+            # Axes, shapes and indices need at most 2 * MAX_DIMS items; longer tuples
+            # would only feed shape rules that are quadratic in their length.
+            raise LoadError(f"{where}: tuple of {len(items)} items, more than "
+                            f"{MAX_TUPLE_LEN}")
         return tuple(_decode_value(v, where, depth + 1) for v in items)
     if tag == "slice":
         parts = _expect_list(payload, f"{where} ('slice')")
@@ -537,8 +573,11 @@ def _build(document: Any) -> Any:
     # Every id first, so that a dangling id and a forward reference read differently.
     all_ids: set[int] = set()
     for position, record in enumerate(records):
-        record = _fields(record, _NODE_FIELDS, f"node #{position}")
-        node_id = _expect_int(record["id"], f"node #{position} id")
+        if type(record) is not dict or record.keys() != _NODE_FIELD_SET:
+            _fields(record, _NODE_FIELDS, f"node #{position}")
+        node_id = record["id"]
+        if type(node_id) is not int:
+            _expect_int(node_id, f"node #{position} id")
         if node_id in all_ids:
             raise LoadError(f"node #{position}: duplicate node id {node_id}")
         all_ids.add(node_id)
@@ -547,38 +586,64 @@ def _build(document: Any) -> Any:
     built: dict[int, Node] = {}
     with graph:  # an op with no inputs joins the new graph, never another
         for position, record in enumerate(records):
-            node_id = record["id"]
-            name = _expect_str(record["name"], f"node #{position} name")
-            where = f"node {name[:80]!r} (#{position})"
-            cls = _lookup_op(record["op"], where)
-            inputs = []
-            for parent in _expect_list(record["inputs"], f"{where} inputs"):
-                parent = _expect_int(parent, f"{where} input id")
-                if parent not in all_ids:
-                    raise LoadError(f"{where}: dangling input id {parent}")
-                if parent not in built:
-                    raise LoadError(f"{where}: input id {parent} is not defined before its use "
-                                    "(a forward reference or a cycle)")
-                inputs.append(built[parent])
-            attrs_json = record["attrs"]
-            if not isinstance(attrs_json, dict):
-                raise LoadError(f"{where}: attrs must be an object, got {_json_type(attrs_json)}")
-            missing = [a for a in cls.attr_names if a not in attrs_json]
-            extra = [a for a in attrs_json if a not in cls.attr_names]
-            if missing or extra:
-                raise LoadError(f"{where}: op {cls.name} takes attrs {list(cls.attr_names)}, "
-                                f"missing {missing}, unexpected {extra[:5]}")
-            attrs = {a: _decode_value(attrs_json[a], f"{where} attr {a!r}")
-                     for a in cls.attr_names}
-            shape = _decode_shape(record["shape"], f"{where} shape", unknown_ok=True)
-            dtype = _decode_dtype(record["dtype"], f"{where} dtype")
-            node = _rebuild(cls, attrs, inputs, name, graph, where)
-            if node.shape != shape or node.dtype != dtype:
-                raise LoadError(
-                    f"{where}: rebuilt as shape {list(node.shape)} dtype {node.dtype.str}, but "
-                    f"the file says shape {list(shape)} dtype {dtype.str}")
-            built[node_id] = node
+            name = record["name"]
+            if type(name) is not str:
+                _expect_str(name, f"node #{position} name")
+            node = _build_node(record, name, position, graph, all_ids, built)
+            built[record["id"]] = node
     return _decode_outputs(document["outputs"], graph, built)
+
+
+def _build_node(record: dict[str, Any], name: str, position: int, graph: Graph,
+                all_ids: set[int], built: dict[int, Node]) -> Node:
+    where = f"node {name[:80]!r} (#{position})"
+    cls = _lookup_op(record["op"], where)
+    inputs = []
+    for parent in _expect_list(record["inputs"], f"{where} inputs"):
+        node = built.get(parent) if type(parent) is int else None
+        if node is None:
+            parent = _expect_int(parent, f"{where} input id")
+            if parent not in all_ids:
+                raise LoadError(f"{where}: dangling input id {parent}")
+            raise LoadError(f"{where}: input id {parent} is not defined before its use "
+                            "(a forward reference or a cycle)")
+        inputs.append(node)
+    attrs_json = record["attrs"]
+    if not isinstance(attrs_json, dict):
+        raise LoadError(f"{where}: attrs must be an object, got {_json_type(attrs_json)}")
+    if len(attrs_json) != len(cls.attr_names) or any(a not in attrs_json
+                                                     for a in cls.attr_names):
+        missing = [a for a in cls.attr_names if a not in attrs_json]
+        extra = [a for a in attrs_json if a not in cls.attr_names]
+        raise LoadError(f"{where}: op {cls.name} takes attrs {list(cls.attr_names)}, "
+                        f"missing {missing}, unexpected {extra[:5]}")
+    attrs = {a: _decode_value(attrs_json[a], f"{where} attr {a!r}") for a in cls.attr_names}
+    if "dtype" in attrs and not isinstance(attrs["dtype"], np.dtype):
+        # Ops hand this attr to np.dtype(); never let numpy parse text from a file.
+        raise LoadError(f"{where}: attr 'dtype' must be a 'dtype' value")
+    shape = _decode_shape(record["shape"], f"{where} shape", unknown_ok=True)
+    dtype = _decode_dtype(record["dtype"], f"{where} dtype")
+    node = _rebuild(cls, attrs, inputs, name, graph, where)
+    if not _same_shape(node.shape, shape) or node.dtype != dtype:
+        raise LoadError(
+            f"{where}: rebuilt as shape {_short(list(node.shape))} dtype {node.dtype.str}, but "
+            f"the file says shape {list(shape)} dtype {dtype.str}")
+    return node
+
+
+def _same_shape(rebuilt: tuple, saved: tuple) -> bool:
+    """Whether a shape rule's result equals the file's shape. The rule ran on file data,
+    so its dims are checked to be ints or None before they are compared."""
+    if len(rebuilt) != len(saved):
+        return False
+    for a, b in zip(rebuilt, saved):
+        if a is None or b is None:
+            if a is not b:
+                return False
+        elif (not isinstance(a, (int, np.integer)) or isinstance(a, (bool, np.bool_))
+              or int(a) != b):
+            return False
+    return True
 
 
 def _rebuild(cls: type[Op], attrs: dict[str, Any], inputs: list[Node], name: str,

@@ -37,7 +37,11 @@ class SumTo(Op):
     attr_names = ("shape",)
 
     def infer(self, g, ref=None):
-        return (self.shape if self.shape is not None else ref.shape), g.dtype
+        target = self.shape if self.shape is not None else ref.shape
+        if len(target) > len(g.shape) or not all(
+                map(same_or_unknown, broadcast(self.name, g.shape, target), g.shape)):
+            raise ShapeError(f"{self.name}: {fmt(g.shape)} cannot be summed to {fmt(target)}")
+        return target, g.dtype
 
     def forward(self, g, ref=None):
         target = _target(self, ref)
@@ -251,6 +255,12 @@ class GetItem(Op):
     attr_names = ("index",)
 
     def infer(self, x):
+        used = sum(1 for item in self.index if item is not None)
+        if used != len(x.shape):
+            # getitem() normalizes every index to one entry per dim; anything else
+            # (a hand-made op, a graph file) would make the static shape wrong.
+            raise ShapeError(f"getitem: index {self.index!r} does not cover the "
+                             f"{len(x.shape)} dims of {fmt(x.shape)}")
         shape: list = []
         dims = iter(x.shape)
         for item in self.index:
@@ -355,6 +365,9 @@ class ConcatPiece(Op):
     attr_names = ("axis", "piece")
 
     def infer(self, g, *xs):
+        if not 0 <= self.piece < len(xs):
+            raise ShapeError(f"{self.name}: piece {self.piece} of {len(xs)} inputs")
+        normalize_axes(self.name, self.axis, len(g.shape))
         return xs[self.piece].shape, g.dtype
 
     def forward(self, g, *xs):
