@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -16,6 +16,16 @@ EXECUTORS = ("inline", "threads", "asyncio", "processes", "dask")
 
 class UsageError(Exception):
     """A mistake in what the user asked for; reported as one line, no traceback."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is reported like every other user error: one
+    ``dataflow: error:`` line on stderr and status 2 (argparse's own report is a usage
+    block plus a line naming the subcommand). Subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        _report(message)
+        sys.exit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,8 +42,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI's contract: one line, nonzero status
         if not _is_user_error(exc):
             raise
-        print(f"dataflow: error: {exc}", file=sys.stderr)
+        _report(_describe(exc))
         return 2
+
+
+def _report(message: str) -> None:
+    # One line, whatever the message: a multi-line exception text is folded.
+    print("dataflow: error: " + " ".join(str(message).split()), file=sys.stderr)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"  # not "[Errno 2] No such file ..."
+    return str(exc) or type(exc).__name__
 
 
 def _is_user_error(exc: BaseException) -> bool:
@@ -46,7 +67,7 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="dataflow",
         description="Static-graph dataflow engine: run, profile and inspect graphs.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -55,9 +76,10 @@ def _parser() -> argparse.ArgumentParser:
                           description="Train a tanh MLP on scikit-learn's bundled digits with "
                           "SGD through the engine, print the test accuracy and write a profile "
                           "of one training step.")
-    demo.add_argument("--out", default="profile-out", help="folder for the profile (default: %(default)s)")
-    demo.add_argument("--epochs", type=int, default=30)
-    demo.add_argument("--hidden", type=int, default=64)
+    demo.add_argument("--out", default="profile-out",
+                      help="folder for the profile (default: %(default)s)")
+    demo.add_argument("--epochs", type=_positive_int, default=30)
+    demo.add_argument("--hidden", type=_positive_int, default=64)
     _executor_args(demo)
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=_cmd_demo)
@@ -73,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
                           "trace, a Gantt chart and a summary to a folder.")
     _graph_args(prof)
     prof.add_argument("--out", default="profile-out", help="output folder (default: %(default)s)")
-    prof.add_argument("--repeat", type=int, default=2,
-                      help="runs before the profiled one, to warm the cost model (default: %(default)s)")
+    prof.add_argument("--repeat", type=_non_negative_int, default=2,
+                      help="runs before the profiled one, to warm the cost model "
+                      "(default: %(default)s)")
     prof.set_defaults(func=_cmd_profile)
 
     show = sub.add_parser("show", help="describe a saved graph",
@@ -82,7 +105,9 @@ def _parser() -> argparse.ArgumentParser:
                           "or draw it as SVG/PNG.")
     show.add_argument("graph", help="graph file written by dataflow.save")
     show.add_argument("--format", choices=("summary", "dot", "svg", "png"), default="summary")
-    show.add_argument("--out", help="output file for dot/svg/png (default: standard output for dot)")
+    show.add_argument("--out",
+                      help="output file for dot/svg/png (default: standard output for dot, "
+                      "graph.svg or graph.png)")
     show.set_defaults(func=_cmd_show)
 
     bench = sub.add_parser("bench", help="run the benchmark suite against the anchors",
@@ -95,7 +120,28 @@ def _parser() -> argparse.ArgumentParser:
 
 def _executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="threads", choices=EXECUTORS)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=_positive_int, default=None)
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
 def _graph_args(p: argparse.ArgumentParser) -> None:
@@ -112,8 +158,6 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    if args.epochs < 1:
-        raise UsageError("--epochs must be at least 1")
     run_demo(args.out, epochs=args.epochs, hidden=args.hidden, executor=args.executor,
              workers=args.workers, show_progress=not args.no_progress)
     return 0
@@ -126,6 +170,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with scheduler.Engine(args.executor, args.workers) as engine:
         values = engine.run(fetches, feeds)
     out = Path(args.out)
+    if out.suffix != ".npz":
+        out = out.with_name(out.name + ".npz")  # what np.savez would write
     np.savez(out, **{node.name: value for node, value in zip(fetches, values)})
     for node, value in zip(fetches, values):
         print(f"{node.name}: shape {np.shape(value)} dtype {np.asarray(value).dtype}")
@@ -147,9 +193,15 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     prof.to_chrome_trace(out / "trace.json")
     summary = prof.summary()
     (out / "summary.txt").write_text(summary)
-    prof.plot_gantt(out / "gantt.png")
+    written = [out / "trace.json", out / "summary.txt"]
+    try:
+        prof.plot_gantt(out / "gantt.png")
+        written.insert(1, out / "gantt.png")
+    except ImportError:
+        print("no Gantt chart: it needs matplotlib (pip install 'dataflow[profile]')",
+              file=sys.stderr)
     print(summary)
-    print(f"wrote {out / 'trace.json'}, {out / 'gantt.png'}, {out / 'summary.txt'}")
+    print("wrote " + ", ".join(map(str, written)))
     return 0
 
 
@@ -166,7 +218,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
             print(text, end="")
     else:
         out = args.out or f"graph.{args.format}"
-        draw_graph(graph, out)
+        try:
+            draw_graph(graph, out)
+        except ImportError as exc:
+            raise UsageError(f"drawing a graph needs matplotlib ({exc}): "
+                             "pip install 'dataflow[profile]'") from None
         print(f"wrote {out}")
     return 0
 
@@ -177,23 +233,34 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         sys.path.insert(0, str(root))
     try:
         from benchmarks.__main__ import main as bench_main
+        from benchmarks.suite import SECTIONS
     except ImportError as exc:
         raise UsageError(f"the benchmark suite needs a source checkout ({exc})") from None
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        raise UsageError(f"unknown benchmark section(s) {', '.join(map(repr, unknown))}; "
+                         f"choose from {', '.join(SECTIONS)}")
     return bench_main(list(args.sections))
 
 
 # -- helpers ----------------------------------------------------------------------------
 
 def _load_graph(path: str) -> Any:
+    from .errors import LoadError
     from .graph import Graph, Node
     from .serialization import load
 
-    loaded = load(path)
+    try:
+        loaded = load(path)
+    except LoadError as exc:
+        raise UsageError(f"cannot load graph file {path}: {exc}") from None
     if isinstance(loaded, Graph):
         return loaded
-    nodes = loaded.values() if isinstance(loaded, dict) else (
-        [loaded] if isinstance(loaded, Node) else loaded)
-    return next(iter(nodes)).graph
+    nodes = list(loaded.values() if isinstance(loaded, dict) else (
+        [loaded] if isinstance(loaded, Node) else loaded))
+    if not nodes:
+        raise UsageError(f"{path}: the file holds no nodes")
+    return nodes[0].graph
 
 
 def _load_request(args: argparse.Namespace) -> tuple[Any, list, dict]:
@@ -204,6 +271,8 @@ def _load_request(args: argparse.Namespace) -> tuple[Any, list, dict]:
         if not sep or not name or not file:
             raise UsageError(f"--feed expects NAME=FILE.npy, got {item!r}")
         node = _node_named(graph, name)
+        if node in feeds:
+            raise UsageError(f"--feed {name} given more than once")
         try:
             feeds[node] = np.load(file, allow_pickle=False)
         except (OSError, ValueError) as exc:

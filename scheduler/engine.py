@@ -166,8 +166,11 @@ class Engine:
                 raise RuntimeError("this engine is closed")
             pool = self._owned.get("coordinators")
             if pool is None:
+                # Each coordinator drives one run and holds the GIL while it walks cheap
+                # tasks: a few of them keep the pool busy; many would only contend for
+                # the GIL and stall the event loop. Further runs queue up.
                 pool = self._owned["coordinators"] = cf.ThreadPoolExecutor(
-                    max_workers=32, thread_name_prefix="dataflow-coordinator")
+                    max_workers=max(2, self.workers), thread_name_prefix="dataflow-coordinator")
             return pool
 
     def plan(self, keys: list, feeds: Mapping) -> Plan:
