@@ -17,14 +17,12 @@ the engine and the kernels run there or in the pool, never on the loop thread; t
 loop only awaits a future. (Calling the blocking ``engine.run`` inside a coroutine
 would stall the loop for the whole run.)
 
-Admission control matters all the same. All requests are accepted at once, but an
-``asyncio.Semaphore`` lets only ``--concurrency`` runs into the engine at a time; the
-rest wait on the loop, which costs nothing. Without it every request gets a
-coordinator thread at once (up to 32), those threads take turns holding the GIL for
-the engine's Python bookkeeping, and the loop thread waits its turn behind all of
-them: its lag grows to tens of milliseconds for no gain in throughput, since the
-machine has only so many cores. The script serves the requests both ways and prints
-both figures.
+Admission control still helps. The engine drives at most a few runs at a time (its
+coordinator threads; the rest queue inside the engine), and those threads take turns
+holding the GIL for the engine's Python bookkeeping, so the loop thread waits its turn
+behind them. An ``asyncio.Semaphore`` that lets only ``--concurrency`` runs into the
+engine at a time keeps the queue on the loop, where waiting costs nothing. The script
+serves the requests both ways and prints both figures.
 """
 
 from __future__ import annotations
