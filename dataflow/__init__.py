@@ -11,6 +11,7 @@ same graph (symbol-to-symbol back-propagation), and run it with ``scheduler``.
 """
 
 from .checking import check_grads
+from .checkpointing import after
 from .errors import DataflowError, GradientError, GraphError, LoadError, ShapeError
 from . import models
 from .gradients import grad, gradients, hessian_vector_product, jacobian
@@ -26,11 +27,13 @@ from .graph import (
 from .op import REGISTRY, Op, apply, custom_op
 from .ops import *  # noqa: F403 - the op library is the package's vocabulary
 from .ops import __all__ as _ops_all
+from .rewrite import simplify
 from .serialization import load, save
 
 __all__ = [
     "DataflowError", "GradientError", "Graph", "GraphError", "LoadError", "Node", "Op",
     "REGISTRY", "ShapeError", "apply", "check_grads", "custom_op", "get_consumers",
     "get_default_graph", "get_inputs", "get_operation", "grad", "gradients",
-    "hessian_vector_product", "jacobian", "load", "reset_default_graph", "save", *_ops_all,
+    "hessian_vector_product", "jacobian", "load", "reset_default_graph", "save", "simplify",
+    "after", *_ops_all,
 ]

@@ -105,8 +105,7 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
         if recompute is None:
             results = node.op.bprop(node.inputs, node, grad, wanted)
         else:
-            inputs, output = recompute.view(node, grad)
-            results = node.op.bprop(inputs, output, grad, wanted)
+            results = recompute.bprop(node, grad, wanted)
         if len(results) != len(node.inputs):
             raise GradientError(f"op {node.op.name!r}: bprop returned {len(results)} gradients "
                                 f"for {len(node.inputs)} inputs")

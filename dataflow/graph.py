@@ -239,6 +239,13 @@ class Node:
 
         return task_spec(self)
 
+    @staticmethod
+    def __plan_rewrite__(fetch_keys: list, fed_keys: list) -> tuple[list, list, dict]:
+        """Simplify the graph before the engine compiles a plan (``dataflow.rewrite``)."""
+        from .rewrite import plan_rewrite
+
+        return plan_rewrite(fetch_keys, fed_keys)
+
     # -- operators (implemented in dataflow.ops; imported lazily to avoid a cycle) -------
     def __add__(self, other: Any) -> Node:
         return _ops().add(self, other)
