@@ -284,9 +284,9 @@ def _compile(keys: list, fed: list, rewrite: bool) -> Plan:
     is reported (callbacks, ``plan.keys``) under it."""
     hook = getattr(type(keys[0]), "__plan_rewrite__", None) if rewrite and keys else None
     if hook is None:
-        return Plan(keys, fed, _spec_of_object)
+        return Plan(keys, fed, _spec_of_object, memory_order=True)
     new_keys, new_fed, origin = hook(keys, fed)
-    plan = Plan(new_keys, new_fed, _spec_of_object)
+    plan = Plan(new_keys, new_fed, _spec_of_object, memory_order=True)
     if origin:
         plan.keys = [origin.get(k, k) for k in plan.keys]
         plan.feed_slots = [(p, origin[k], check) for p, k, check in plan.feed_slots]

@@ -16,6 +16,7 @@ array from the start.
 from __future__ import annotations
 
 import gc
+import heapq
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -38,16 +39,21 @@ class Plan:
     choices, never results."""
 
     def __init__(self, fetch_keys: Sequence[Hashable], fed_keys: Sequence[Hashable],
-                 spec_of: SpecOf):
+                 spec_of: SpecOf, *, memory_order: bool = False):
         # Compiling allocates a few small objects per task and keeps them all: the
         # cyclic collector would rescan the growing heap many times for nothing.
         with gc_paused():
-            self._build(fetch_keys, fed_keys, spec_of)
+            fed = set(fed_keys)
+            order, specs = _post_order(fetch_keys, fed, spec_of)
+            self._build(order, specs, fetch_keys, fed)
+            if memory_order:
+                layout = _memory_order(self)
+                if layout != list(range(len(order))):
+                    self._build([order[p] for p in layout], [specs[p] for p in layout],
+                                fetch_keys, fed)
 
-    def _build(self, fetch_keys: Sequence[Hashable], fed_keys: Sequence[Hashable],
-               spec_of: SpecOf) -> None:
-        fed = set(fed_keys)
-        order, specs = _post_order(fetch_keys, fed, spec_of)
+    def _build(self, order: list[Hashable], specs: list[TaskSpec],
+               fetch_keys: Sequence[Hashable], fed: set) -> None:
         position = {key: p for p, key in enumerate(order)}
         n = len(order)
         self.keys: list[Hashable] = order
@@ -159,6 +165,54 @@ class Plan:
         self.expensive = [threshold == 0 or (e is not None and e > threshold and k >= 2)
                           for e, k in zip(self.estimates, self.samples)]
         self.any_expensive = any(self.expensive)
+
+
+def _memory_order(plan: Plan) -> list[int]:
+    """A topological layout of ``plan`` that frees memory sooner than its depth-first
+    order: after each task, a ready task that is the last consumer of one of the
+    values just used (so running it frees that value) runs next; otherwise the
+    depth-first position decides, as before. The idea of dask's ``order.py``: finish
+    what frees memory first. Sources (literals, feeds) go first; they wait for nothing."""
+    n = len(plan.keys)
+    parents, children, keep = plan.parents, plan.children, plan.keep
+    pending = list(plan.initial_pending)
+    left = list(plan.consumers)
+    done = bytearray(n)
+    out = [p for p in range(n) if plan.is_source[p]]
+    heap = list(plan.initial_ready)
+    heapq.heapify(heap)
+
+    def ready(c: int) -> bool:
+        return pending[c] == 0 and not done[c]
+
+    while heap:
+        first = heapq.heappop(heap)
+        if done[first]:
+            continue
+        stack = [first]
+        while stack:
+            p = stack.pop()
+            if done[p]:
+                continue
+            out.append(p)
+            done[p] = 1
+            for c in children[p]:
+                pending[c] -= 1
+                if pending[c] == 0:
+                    heapq.heappush(heap, c)
+            eager = []
+            for q in parents[p]:
+                left[q] -= 1
+                if left[q] == 1 and not keep[q]:
+                    last = next(c for c in children[q] if not done[c])
+                    if ready(last):
+                        eager.append(last)  # running it frees q
+            for c in children[p]:
+                if ready(c) and any(left[q] == 1 and not keep[q] for q in parents[c]):
+                    eager.append(c)  # a new task that frees one of its inputs at once
+            if eager:
+                stack.extend(sorted(set(eager), reverse=True))
+    return out
 
 
 @contextmanager
