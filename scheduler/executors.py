@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any
 
+from . import shared_arrays
+
 EXECUTOR_NAMES = ("inline", "threads", "asyncio", "processes", "dask")
 
 _in_kernel = threading.local()
@@ -39,6 +41,22 @@ def call_timed(kernel: Any, args: tuple) -> tuple[Any, float, float, str]:
     return value, start, end, worker_name()
 
 
+def call_timed_shared(kernel: Any, call: shared_arrays.SharedCall) -> tuple[Any, float, float, str]:
+    """``call_timed`` in a process pool's worker, large arrays crossing as shared memory:
+    the arguments of ``call`` are mapped read-only, a large array result goes back as a
+    handle (see ``shared_arrays``)."""
+    value, start, end, worker = call_timed(kernel, shared_arrays.open_args(call))
+    return shared_arrays.share_result(value, call), start, end, worker
+
+
+def submit_shared(pool: cf.ProcessPoolExecutor, kernel: Any, args: tuple) -> cf.Future:
+    """``pool.submit(call_timed, kernel, args)`` for a process pool, with large arrays
+    passed through shared memory both ways; the future's result is ``call_timed``'s."""
+    if not shared_arrays.AVAILABLE:
+        return pool.submit(call_timed, kernel, args)
+    return shared_arrays.submit(pool, call_timed_shared, kernel, args)
+
+
 def worker_name() -> str:
     thread = threading.current_thread()
     if multiprocessing.parent_process() is not None:
@@ -47,7 +65,9 @@ def worker_name() -> str:
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def make_pool(kind: str, workers: int) -> Any:
@@ -57,8 +77,10 @@ def make_pool(kind: str, workers: int) -> Any:
     if kind in ("threads", "asyncio"):
         return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"dataflow-{kind}")
     if kind == "processes":
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+        methods = multiprocessing.get_all_start_methods()
+        method = "forkserver" if "forkserver" in methods else "spawn"
+        return shared_arrays.ProcessPool(max_workers=workers,
+                                         mp_context=multiprocessing.get_context(method))
     if kind == "dask":
         from .dask_executor import DaskExecutor
 
