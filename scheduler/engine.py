@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .callbacks import Callback, RunInfo, TaskRecord
-from .errors import FeedError, NodeError, NumericsError, SchedulerError
+from .errors import FeedError, NodeError, NumericsError
 from .executors import (
     EXECUTOR_NAMES,
     call_timed,
@@ -352,6 +352,7 @@ class _Run:
         self.cheap: list[int] = []
         self.costly: list[int] = []
         self.in_flight = 0
+        self.running: dict[int, None] = {}  # the positions in flight, in submission order
         self.finished = 0
         self.done = bytearray(len(plan))
         self.durations: dict[int, float] = {}
@@ -464,9 +465,11 @@ class _Run:
             else:
                 future = self.pool.submit(call_timed, plan.kernels[p], args)
         except Exception as exc:  # a closed or broken pool refuses new work
-            self.error = (p, exc)
+            if self.error is None:
+                self.error = self._pool_error(p, exc, started=False)
             return
         self.in_flight += 1
+        self.running[p] = None
         future.add_done_callback(lambda f, p=p: put((p, f)))
 
     def _complete(self, p: int, future: cf.Future) -> None:
@@ -475,24 +478,49 @@ class _Run:
             value, start, end, worker = future.result()
         except BaseException as exc:  # noqa: BLE001 - reported as the node's error
             if self.error is None:
-                self.error = (p, exc)
+                self.error = self._pool_error(p, exc, started=True)
             return
+        finally:
+            del self.running[p]
         if self.error is None:
             try:
                 self._finish(p, value, start, end, worker)
-            except Exception as exc:
-                self.error = (p, exc)
+            except Exception as exc:  # a callback or the numerics check, not the node
+                self.error = (-1, exc)
+
+    def _pool_error(self, p: int, exc: BaseException, started: bool) -> tuple[int, BaseException]:
+        """The error to report when task ``p`` failed in (or was refused by) the pool.
+
+        A closed engine's pool refuses new tasks and cancels queued ones: that is the
+        run's error, not the task's. A broken pool (a worker process died) fails every
+        task in flight with the same exception, in no telling order, so all of them are
+        named as suspects; a task the broken pool refused never ran and is not one."""
+        if self.engine._closed and (not started or isinstance(exc, cf.CancelledError)):
+            return -1, RuntimeError(
+                f"the engine was closed during the run ({len(self.plan.compute) - self.finished} "
+                "nodes did not run)")
+        if isinstance(exc, cf.BrokenExecutor):
+            suspects = list(self.running) if self.running else [p]
+            if len(suspects) > 1 or not started:
+                names = ", ".join(self.plan.describe(q) for q in suspects)
+                broken = type(exc)(f"{exc} A worker died while {len(suspects)} node(s) were in "
+                                   f"flight: {names}; one of them took it down.")
+                broken.__cause__ = exc
+                return (p if started else suspects[0]), broken
+        return p, exc
 
     # -- the driving loop --------------------------------------------------------------------
     def drive(self) -> None:
-        for cb in self.callbacks:
-            cb.start(self.info)
         failure: BaseException | None = None
         try:
+            for cb in self.callbacks:
+                cb.start(self.info)
             self._loop()
             if self.error is not None:
+                # A task's own error (a nested run's NodeError included) is wrapped in
+                # a NodeError naming the task; the run's errors (p < 0) are raised as is.
                 p, exc = self.error
-                if p < 0 or isinstance(exc, SchedulerError):
+                if p < 0:
                     raise exc
                 raise NodeError(self.plan.names[p], self.plan.ops[p], exc) from exc
             if not self.inline:
@@ -509,8 +537,11 @@ class _Run:
         completions = self.completions
         while True:
             if self.error is None:
-                while self.costly and self.in_flight < workers:
-                    self._submit(heapq.heappop(self.costly))
+                while self.costly and self.in_flight < workers and self.error is None:
+                    try:
+                        self._submit(heapq.heappop(self.costly))
+                    except Exception as exc:  # a pretask callback
+                        self.error = (-1, exc)
                 if self.cheap and self.error is None:
                     self._check_deadline()
                     try:
@@ -591,7 +622,11 @@ def _flatten_fetches(fetches: Any) -> tuple[list, Any]:
 def _require_distributed() -> None:
     import importlib.util
 
-    if importlib.util.find_spec("distributed") is None:
+    try:
+        found = importlib.util.find_spec("distributed") is not None
+    except (ImportError, ValueError):  # a module blocked or half-imported
+        found = False
+    if not found:
         raise ImportError("executor 'dask' needs dask.distributed: "
                           "pip install 'dataflow[distributed]'")
 
