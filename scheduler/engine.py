@@ -51,7 +51,7 @@ from .executors import (
     submit_shared,
     worker_name,
 )
-from .plan import DEFAULT_INLINE_THRESHOLD, Plan
+from .plan import DEFAULT_INLINE_THRESHOLD, Plan, gc_paused
 from .spec import TaskSpec
 
 # Every LEARN_EVERY-th run of an all-cheap plan is timed, so that a task whose cost
@@ -119,7 +119,8 @@ class Engine:
 
     def close(self) -> None:
         """Shut down the pools this engine started. Runs in flight finish their tasks."""
-        self._closed = True
+        with self._lock:  # a run creating a pool right now either stores it first or fails
+            self._closed = True
         self._finalizer()
 
     def __repr__(self) -> str:
@@ -189,6 +190,7 @@ class Engine:
                 self._plans.move_to_end(cache_key)
                 return plan
         plan = _compile(keys, list(feeds), self.simplify)
+        plan.workers = self.workers
         plan.seed_estimates(self._costs, self.inline_threshold)
         with self._lock:
             self._plans[cache_key] = plan
@@ -223,18 +225,30 @@ class Engine:
         sequential = self.kind == "inline" or reentrant
         learn = not sequential and (plan.runs < 2 or plan.runs % LEARN_EVERY == 0)
         plan.runs += 1
-        if sequential or (not plan.any_expensive and plain):
-            if plain and not learn:
-                _walk(plan, values)
-            elif plain:
-                self._learning_walk(plan, values)
-            else:
-                run = _Run(self, plan, values, None, cbs, deadline, reentrant or self.kind == "inline")
-                run.drive()
-        else:
-            run = _Run(self, plan, values, self._pool(), cbs, deadline, False)
-            run.drive()
+        # The cyclic collector would fire every few hundred tasks (each allocates its
+        # argument list) and rescan the whole heap; worse, always inside the same task,
+        # whose measured cost it inflates run after run. Reference counting still frees
+        # every value on time.
+        with gc_paused():
+            self._dispatch(plan, values, cbs, deadline, plain, sequential, learn)
         return [values[p] for p in plan.fetch_positions]
+
+    def _dispatch(self, plan: Plan, values: list, cbs: tuple, deadline: float | None,
+                  plain: bool, sequential: bool, learn: bool) -> None:
+        """Choose the driver for this run (see the module docstring)."""
+        if sequential:
+            if plain:
+                _walk(plan, values)
+            else:
+                _Run(self, plan, values, None, cbs, deadline, True).drive()
+        elif plain and learn:
+            # Timed on the driving thread alone: a task timed in the pool also counts
+            # the time it waited for the GIL, which would keep it "expensive" forever.
+            self._learning_walk(plan, values)
+        elif plain and not plan.use_pool:
+            _walk(plan, values)
+        else:
+            _Run(self, plan, values, self._pool(), cbs, deadline, False).drive()
 
     def _learning_walk(self, plan: Plan, values: list) -> None:
         """Walk the plan on this thread like ``_walk``, timing every task. Once a cost key
@@ -269,6 +283,7 @@ class Engine:
             if key not in source:
                 raise FeedError(f"feed key {key!r} is not in the task graph")
         plan = Plan(wanted, list(feeds), source.spec)
+        plan.workers = self.workers
         plan.seed_estimates(self._costs, self.inline_threshold)
         values = self.execute(plan, feeds, timeout=timeout, callbacks=callbacks)
         return pack_results(keys, dict(zip(wanted, values)))
@@ -308,11 +323,13 @@ def _walk(plan: Plan, values: list) -> None:
 def _timed_walk(plan: Plan, values: list, durations: dict[int, float],
                 costs: dict[Hashable, float], threshold: float) -> int:
     """``_walk`` that records each task's duration and stops after the task that
-    confirms a cost key as expensive (its second slow task). Returns the number of
-    steps done; freeing follows the sequential order, so it is right at any stop."""
+    confirms a cost key as expensive (the second slow task of that key in a row: a fast
+    one in between means the first was a pause, GC or preemption, not the task).
+    Returns the number of steps done; freeing follows the sequential order, so it is
+    right at any stop."""
     perf_counter = time.perf_counter
     cost_keys = plan.cost_keys
-    slow_once: set = set()
+    slow_once: dict = {}  # cost key -> the duration of its last task, which was slow
     p = -1
     try:
         for i, (p, kernel, args, dies) in enumerate(plan.steps):
@@ -321,12 +338,16 @@ def _timed_walk(plan: Plan, values: list, durations: dict[int, float],
             seconds = durations[p] = perf_counter() - start
             for d in dies:
                 values[d] = None
-            if seconds > threshold and cost_keys[p] is not None:
+            if seconds > threshold:
                 key = cost_keys[p]
+                if key is None:
+                    continue
                 if key in slow_once:
-                    costs[key] = seconds
+                    costs[key] = min(seconds, slow_once[key])
                     return i + 1
-                slow_once.add(key)
+                slow_once[key] = seconds
+            elif slow_once:
+                slow_once.pop(cost_keys[p], None)
     except Exception as exc:
         raise NodeError(plan.names[p], plan.ops[p], exc) from exc
     return len(plan.steps)
@@ -355,8 +376,9 @@ class _Run:
         self.running: dict[int, None] = {}  # the positions in flight, in submission order
         self.finished = 0
         self.done = bytearray(len(plan))
-        self.durations: dict[int, float] = {}
-        self.slow_once: set = set()  # cost keys measured slow once in this run
+        self.durations: dict[int, float] = {}  # of tasks run on the driving thread
+        self.pooled_durations: dict[int, float] = {}  # of tasks run in the pool
+        self.slow_once: dict = {}  # cost key -> the duration of its last task, if slow
         self.error: tuple[int, BaseException] | None = None
         self.completions: queue.SimpleQueue = queue.SimpleQueue()
         self.started = time.perf_counter()
@@ -406,7 +428,10 @@ class _Run:
         self.values[p] = value
         self.finished += 1
         self.done[p] = 1
-        self.durations[p] = end - start
+        if worker == self.driver:
+            self.durations[p] = end - start
+        else:
+            self.pooled_durations[p] = end - start
         if self.callbacks:
             record = TaskRecord(p, plan.keys[p], plan.names[p], plan.ops[p], worker,
                                 self.ready_at[p], start, end, value)
@@ -438,20 +463,23 @@ class _Run:
         end = time.perf_counter()
         if not self.inline and end - start > self.threshold:
             self._learn_now(p, end - start)
+        elif self.slow_once:
+            self.slow_once.pop(plan.cost_keys[p], None)
         self._finish(p, value, start, end, self.driver)
 
     def _learn_now(self, p: int, seconds: float) -> None:
-        """A task thought cheap took long. Once a second task of the same cost key
-        confirms it (one slow sample may be a GC pause), its siblings still waiting
-        in this run go to the pool, not only those of the next run."""
+        """A task thought cheap took long. Once the next task of the same cost key
+        confirms it (one slow sample may be a GC pause; a fast one in between resets),
+        its siblings still waiting in this run go to the pool, not only those of the
+        next run."""
         key = self.plan.cost_keys[p]
         if key is None:
             return
         if key in self.slow_once:
             table = self.engine._costs
-            table[key] = max(table.get(key) or 0.0, seconds)
+            table[key] = max(table.get(key) or 0.0, min(seconds, self.slow_once[key]))
         else:
-            self.slow_once.add(key)
+            self.slow_once[key] = seconds
 
     def _submit(self, p: int) -> None:
         plan, values = self.plan, self.values
@@ -524,7 +552,8 @@ class _Run:
                     raise exc
                 raise NodeError(self.plan.names[p], self.plan.ops[p], exc) from exc
             if not self.inline:
-                self.plan.learn(self.durations, self.engine._costs, self.engine.inline_threshold)
+                self.plan.learn(self.durations, self.engine._costs, self.engine.inline_threshold,
+                                pooled=self.pooled_durations)
         except BaseException as exc:
             failure = exc
             raise

@@ -29,6 +29,10 @@ SpecOf = Callable[[Hashable], TaskSpec]
 # Per-task cost estimates start unknown; a task is "expensive" (worth a thread hand-off)
 # once it has been measured above this many seconds. A hand-off costs tens of µs.
 DEFAULT_INLINE_THRESHOLD = 40e-6
+# What the pooled driver costs over the plain walk: bookkeeping per task, and a thread
+# hand-off per task sent to the pool (measured on the 2-core machines this runs on).
+DRIVER_SECONDS_PER_TASK = 3e-6
+HANDOFF_SECONDS = 30e-6
 
 
 class Plan:
@@ -131,6 +135,9 @@ class Plan:
         self.samples: list[int] = [0] * n
         self.expensive: list[bool] = [False] * n
         self.any_expensive = False
+        self.use_pool = False
+        #: the pool size the engine will use (set by the engine; it weighs ``use_pool``)
+        self.workers = 1
         self.runs = 0
 
     def __len__(self) -> int:
@@ -149,8 +156,12 @@ class Plan:
         self.reclassify(threshold)
 
     def learn(self, durations: dict[int, float], table: dict[Hashable, float],
-              threshold: float) -> None:
-        """Fold measured durations into the estimates (see ``updated_estimate``)."""
+              threshold: float, pooled: dict[int, float] | None = None) -> None:
+        """Fold measured durations into the estimates (see ``updated_estimate``).
+
+        ``pooled`` durations were measured in pool threads, where a kernel also waits
+        for the GIL while the driving thread runs cheap tasks: they may only lower an
+        estimate, never raise it (the next timed walk on the driving thread will)."""
         estimates, cost_keys, samples = self.estimates, self.cost_keys, self.samples
         for p, seconds in durations.items():
             estimates[p] = updated_estimate(estimates[p], seconds)
@@ -158,13 +169,35 @@ class Plan:
             key = cost_keys[p]
             if key is not None:
                 table[key] = updated_estimate(table.get(key), seconds)
+        for p, seconds in (pooled or {}).items():
+            old = estimates[p]
+            estimates[p] = seconds if old is None else min(old, seconds)
         self.reclassify(threshold)
 
     def reclassify(self, threshold: float) -> None:
-        """Mark the tasks worth a hand-off to the pool; with ``threshold`` 0, all of them."""
+        """Mark the tasks worth a hand-off to the pool (with ``threshold`` 0, all of
+        them), and decide whether the pool is worth using at all (``use_pool``)."""
         self.expensive = [threshold == 0 or (e is not None and e > threshold and k >= 2)
                           for e, k in zip(self.estimates, self.samples)]
         self.any_expensive = any(self.expensive)
+        self.use_pool = threshold == 0 or (self.any_expensive and self._parallel_gain() > 0)
+
+    def _parallel_gain(self) -> float:
+        """Estimated seconds a pool of ``workers`` saves over walking the plan on one
+        thread, minus what driving it costs. A chain gains nothing from a pool even if
+        its tasks are slow; a wide graph of slow tasks gains up to ``1 - 1/workers``."""
+        estimates, parents = self.estimates, self.parents
+        finish = [0.0] * len(estimates)
+        sequential = 0.0
+        for p in self.compute:
+            duration = estimates[p] or 0.0
+            sequential += duration
+            finish[p] = duration + max((finish[q] for q in parents[p]), default=0.0)
+        critical = max(finish, default=0.0)
+        parallel = max(critical, sequential / (self.workers + 1))  # +1: the driving thread
+        handoffs = sum(self.expensive)
+        overhead = DRIVER_SECONDS_PER_TASK * len(self.compute) + HANDOFF_SECONDS * handoffs
+        return sequential - parallel - overhead
 
 
 def _memory_order(plan: Plan) -> list[int]:
