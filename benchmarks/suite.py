@@ -73,10 +73,11 @@ def overhead(n: int = 20_000) -> list[Row]:
                              ("layered", w.layered(n))]:
         m = len(dsk)
         loop = min(w.plain_loop_seconds(dsk) for _ in range(3)) / m
-        dask_thr = best_of(lambda: dask.threaded.get(dsk, out, num_workers=2), reps=3) / m
+        dask_thr = best_of(lambda d=dsk, o=out: dask.threaded.get(d, o, num_workers=2),
+                           reps=3) / m
         with scheduler.Engine("inline") as inline, scheduler.Engine("threads", workers=2) as thr:
-            ours_inline = best_of(lambda: inline.get(dsk, out), reps=3) / m
-            ours_thr = best_of(lambda: thr.get(dsk, out), reps=3) / m
+            ours_inline = best_of(lambda d=dsk, o=out: inline.get(d, o), reps=3) / m
+            ours_thr = best_of(lambda d=dsk, o=out: thr.get(d, o), reps=3) / m
         rows.append(Row(f"{name} {m} trivial tasks", "threads get", ours_thr * 1e6,
                         "dask.threaded.get(2)", dask_thr * 1e6, "us/node",
                         "<= 1/20", ours_thr * 20 <= dask_thr))
@@ -138,10 +139,10 @@ def mlp() -> list[Row]:
         model = mlp_graph(dtype)
         feeds = model.feeds(params, x, y)
         fetches = [model.loss, *model.grads]
-        numpy_time = median_of(lambda: w.numpy_mlp_step(params, x, y), reps=20)
+        numpy_time = median_of(lambda p=params, x=x, y=y: w.numpy_mlp_step(p, x, y), reps=20)
         for kind, limit in (("inline", 1.03), ("threads", 1.05)):
             with scheduler.Engine(kind, workers=2) as engine:
-                ours = median_of(lambda: engine.run(fetches, feeds), reps=20)
+                ours = median_of(lambda e=engine, f=fetches, d=feeds: e.run(f, d), reps=20)
             rows.append(Row(f"MLP 784-512-512-10 {np.dtype(dtype).name}", kind, ours * 1e3,
                             "numpy hand backprop", numpy_time * 1e3, "ms", f"<= {limit}x",
                             ours <= limit * numpy_time))

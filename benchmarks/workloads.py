@@ -7,7 +7,6 @@ import random
 
 import numpy as np
 
-
 # -- trivial-task graphs (anchor_overhead.py) -----------------------------------------
 
 def inc(x):

@@ -10,10 +10,10 @@ same graph (symbol-to-symbol back-propagation), and run it with ``scheduler``.
     print(scheduler.run([loss, gw], {x: np.ones((4, 3))}))
 """
 
+from . import models
 from .checking import check_grads
 from .checkpointing import after
 from .errors import DataflowError, GradientError, GraphError, LoadError, ShapeError
-from . import models
 from .gradients import grad, gradients, hessian_vector_product, jacobian
 from .graph import (
     Graph,
@@ -34,6 +34,6 @@ __all__ = [
     "DataflowError", "GradientError", "Graph", "GraphError", "LoadError", "Node", "Op",
     "REGISTRY", "ShapeError", "apply", "check_grads", "custom_op", "get_consumers",
     "get_default_graph", "get_inputs", "get_operation", "grad", "gradients",
-    "hessian_vector_product", "jacobian", "load", "reset_default_graph", "save", "simplify",
-    "after", *_ops_all,
+    "hessian_vector_product", "jacobian", "load", "models", "reset_default_graph", "save",
+    "simplify", "after", *_ops_all,
 ]

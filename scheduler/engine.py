@@ -124,7 +124,8 @@ class Engine:
         self._finalizer()
 
     def __repr__(self) -> str:
-        return f"<Engine executor={self.kind} workers={self.workers}{' closed' if self._closed else ''}>"
+        state = " closed" if self._closed else ""
+        return f"<Engine executor={self.kind} workers={self.workers}{state}>"
 
     def _pool(self) -> Any:
         if self._external is not None:

@@ -150,7 +150,6 @@ def test_bad_feeds_raise_before_anything_runs(engine, feeds, message):
                        shape_rule=lambda v: (v.shape, v.dtype))
     with df.Graph():
         x = df.placeholder("x", (2,))
-        y = df.placeholder("y", (2,))
         out = spy(x * 2.0)
     with df.Graph():
         other = df.placeholder("x", (2,))
