@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Container, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -343,6 +343,21 @@ def _ops() -> Any:
 
         _ops_module = ops
     return _ops_module
+
+
+def ancestors(nodes: Iterable[Node], cut: Container[int] = ()) -> list[Node]:
+    """``nodes`` and all their ancestors, in id (= topological) order, found without
+    recursion. The inputs of a node whose id is in ``cut`` (a fed node) are not followed."""
+    seen: dict[int, Node] = {}
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if node.id in seen:
+            continue
+        seen[node.id] = node
+        if node.id not in cut:
+            stack.extend(p for p in node.inputs if p.id not in seen)
+    return [seen[i] for i in sorted(seen)]
 
 
 # -- the seed's three subroutines -----------------------------------------------------

@@ -62,16 +62,16 @@ compiles a plan; see ``scheduler.Engine(simplify=True)``.
 
 from __future__ import annotations
 
-import gc
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from scheduler.plan import gc_paused
+
 from .errors import GraphError
-from .graph import Graph, Node
+from .graph import Graph, Node, ancestors
 from .op import Op
 from .ops.core import AddN, Cast, Constant, FilledLike, Placeholder
 from .ops.elementwise import Add, Divide, Multiply, Negative, Subtract
@@ -231,22 +231,9 @@ class _Result:
         self.lost = lost  # placeholders and fed nodes the new fetches no longer need
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while nodes are built by the thousand (it
-    finds no cycles here and would rescan every young node many times)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _rewrite(nodes: list[Node], fed: dict[int, Node], *, fold_limit: int, assume_finite: bool,
              preserve_fetches: bool, keep_dependencies: bool) -> _Result:
-    with _gc_paused():
+    with gc_paused():
         return _rewrite_paused(nodes, fed, fold_limit=fold_limit, assume_finite=assume_finite,
                                preserve_fetches=preserve_fetches,
                                keep_dependencies=keep_dependencies)
@@ -262,7 +249,7 @@ def _rewrite_paused(nodes: list[Node], fed: dict[int, Node], *, fold_limit: int,
         if node.graph is not graph:
             raise GraphError(f"simplify: node {node.name!r} belongs to graph {node.graph.name!r}, "
                              f"not {graph.name!r}")
-    order = _ancestors(nodes, fed)
+    order = ancestors(nodes, fed)
     preserve = {n.id for n in nodes} if preserve_fetches else set()
 
     builder = _Builder(graph, fed, fold_limit=fold_limit, assume_finite=assume_finite,
@@ -295,20 +282,6 @@ def _rewrite_paused(nodes: list[Node], fed: dict[int, Node], *, fold_limit: int,
                                              node.shape, node.dtype, node.name)
     images = {old_id: copies[n.id] for old_id, n in staged.items() if n.id in copies}
     return _Result(new_graph, order, images, lost)
-
-
-def _ancestors(nodes: list[Node], fed: dict[int, Node]) -> list[Node]:
-    """The fetches and their ancestors, by id; fed nodes cut their ancestors off."""
-    seen: dict[int, Node] = {}
-    stack = list(nodes)
-    while stack:
-        node = stack.pop()
-        if node.id in seen:
-            continue
-        seen[node.id] = node
-        if node.id not in fed:
-            stack.extend(p for p in node.inputs if p.id not in seen)
-    return [seen[i] for i in sorted(seen)]
 
 
 _UNKNOWN = object()

@@ -88,7 +88,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GraphError, LoadError
-from .graph import Graph, Node
+from .graph import Graph, Node, ancestors
 from .op import REGISTRY, Op, apply
 from .ops.core import constant, placeholder
 
@@ -188,16 +188,7 @@ def _collect(obj: Any) -> tuple[list[Node], tuple[str, Any], str]:
         elif node.graph is not graph:
             raise GraphError(f"save: nodes come from different graphs ({graph.name!r} and "
                              f"{node.graph.name!r})")
-    # Ancestors, iteratively (100,000-node chains must not recurse).
-    seen: dict[int, Node] = {}
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        if node.id in seen:
-            continue
-        seen[node.id] = node
-        stack.extend(p for p in node.inputs if p.id not in seen)
-    nodes = [seen[i] for i in sorted(seen)]
+    nodes = ancestors(roots)
     outputs: Any = roots[0] if kind == "node" else (dict(obj) if kind == "dict" else roots)
     return nodes, (kind, outputs), graph.name if graph is not None else "graph"
 

@@ -11,7 +11,8 @@ import pytest
 
 import dataflow as df
 import scheduler
-from dataflow.rewrite import _ancestors, plan_rewrite
+from dataflow.graph import ancestors
+from dataflow.rewrite import plan_rewrite
 
 
 def run(fetches, feeds=None, simplify=False):
@@ -29,7 +30,7 @@ def same_bits(a, b):
 
 
 def size_before(fetches):
-    return len(_ancestors([f for f in fetches if f is not None], {}))
+    return len(ancestors([f for f in fetches if f is not None]))
 
 
 def check(fetch, feeds, *, expect_fewer=True, exact_gradients=True, **options):
