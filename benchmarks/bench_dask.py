@@ -22,9 +22,7 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
@@ -35,14 +33,9 @@ WARMUP, REPEAT = 2, 7
 
 
 def _median_seconds(fn: Callable[[], Any], repeat: int = REPEAT) -> float:
-    for _ in range(WARMUP):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from .suite import median_of
+
+    return median_of(fn, reps=repeat, warmup=WARMUP)
 
 
 def _plan_as_dask_graph(plan: Any, values: list) -> tuple[dict, list]:

@@ -27,8 +27,8 @@ import numpy as np
 import dataflow as df
 import scheduler
 from dataflow.checkpointing import auto_checkpoints
-from dataflow.models import build_mlp
-from dataflow.rewrite import _ancestors
+from dataflow.graph import ancestors
+from dataflow.models import build_mlp, build_tanh_chain
 
 MIB = 2**20
 
@@ -61,7 +61,7 @@ def same_bits(a: object, b: object) -> bool:
 def mlp_counts(batch: int | None, reps: int) -> None:
     model = build_mlp((784, 512, 512, 10), batch=batch)
     fetches = [model.loss, *model.grads]
-    before = _ancestors(fetches, {})
+    before = ancestors(fetches)
     start = time.perf_counter()
     after = df.simplify(fetches)
     took = time.perf_counter() - start
@@ -94,17 +94,8 @@ def mlp_counts(batch: int | None, reps: int) -> None:
 # -- 2. checkpointing on a 200-layer chain -----------------------------------------------------
 
 def chain_graph(layers: int, size: int, checkpoints: object):
-    with df.Graph():
-        x = df.placeholder("x", (size,))
-        ws = [df.placeholder(f"w{i}", ()) for i in range(layers)]
-        h = x
-        for w in ws:
-            h = df.tanh(h * w)
-        loss = df.sum(h)
-        grads = df.gradients(loss, [x, *ws], checkpoints=checkpoints)
-    rng = np.random.default_rng(0)
-    feeds = {x: rng.normal(size=size), **dict(zip(ws, rng.uniform(0.9, 1.1, layers)))}
-    return [loss, *grads], feeds
+    chain = build_tanh_chain(layers, size, checkpoints)
+    return [chain.loss, *chain.grads], chain.feeds()
 
 
 def traced_peak(engine: scheduler.Engine, fetches: list, feeds: dict) -> tuple[int, list]:

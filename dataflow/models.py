@@ -13,6 +13,7 @@ import numpy as np
 from .gradients import gradients
 from .graph import Graph, Node
 from .ops import matmul, placeholder, softmax_cross_entropy, tanh
+from .ops import sum as sum_
 
 
 @dataclass
@@ -105,3 +106,34 @@ def accuracy(model: MLP, engine: Any, params: Sequence[np.ndarray], x: np.ndarra
              labels: np.ndarray) -> float:
     logits = engine.run(model.logits, model.feeds(params, x))
     return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+@dataclass
+class TanhChain:
+    """``h = tanh(h * w_i)`` for ``layers`` scalar weights, ``loss = sum(h)``, and the
+    gradients with respect to ``x`` and every ``w_i``: the deep chain on which gradient
+    checkpointing is measured (``checkpoints`` as for ``gradients``)."""
+
+    graph: Graph
+    x: Node
+    weights: list[Node]
+    loss: Node
+    grads: list[Node]
+
+    def feeds(self, seed: int = 0) -> dict[Node, Any]:
+        rng = np.random.default_rng(seed)
+        feeds: dict[Node, Any] = {self.x: rng.normal(size=self.x.shape)}
+        feeds.update(zip(self.weights, rng.uniform(0.9, 1.1, len(self.weights))))
+        return feeds
+
+
+def build_tanh_chain(layers: int, size: int, checkpoints: Any = None) -> TanhChain:
+    with Graph("tanh_chain") as g:
+        x = placeholder("x", (size,))
+        weights = [placeholder(f"w{i}", ()) for i in range(layers)]
+        h = x
+        for w in weights:
+            h = tanh(h * w)
+        loss = sum_(h)
+        grads = gradients(loss, [x, *weights], checkpoints=checkpoints)
+    return TanhChain(g, x, weights, loss, grads)

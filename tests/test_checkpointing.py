@@ -15,6 +15,7 @@ import pytest
 import dataflow as df
 import scheduler
 from dataflow.checkpointing import After, auto_checkpoints
+from dataflow.models import build_tanh_chain
 
 
 def same_bits(a, b):
@@ -29,15 +30,8 @@ def run(fetches, feeds, executor="inline", simplify=True):
 
 def chain(layers, size, checkpoints):
     """h = tanh(h * w_i), loss = sum(h); gradients with respect to x and every w_i."""
-    with df.Graph() as g:
-        x = df.placeholder("x", (size,))
-        ws = [df.placeholder(f"w{i}", ()) for i in range(layers)]
-        h = x
-        for w in ws:
-            h = df.tanh(h * w)
-        loss = df.sum(h)
-        grads = df.gradients(loss, [x, *ws], checkpoints=checkpoints)
-    return g, x, ws, loss, grads
+    c = build_tanh_chain(layers, size, checkpoints)
+    return c.graph, c.x, c.weights, c.loss, c.grads
 
 
 def chain_feeds(x, ws, size, seed=0):
