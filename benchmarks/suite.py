@@ -128,7 +128,7 @@ def tiny_ops() -> list[Row]:
 # -- 3. MLP forward + gradient ---------------------------------------------------------------
 
 def mlp_graph(dtype):
-    model = df.models.build_mlp((w.D, w.H, w.H, w.C), dtype=dtype)
+    model = df.models.build_mlp((w.D, w.H, w.H, w.C), dtype=dtype, batch=w.B)
     return model
 
 
