@@ -242,7 +242,7 @@ class Engine:
                 _walk(plan, values)
             else:
                 _Run(self, plan, values, None, cbs, deadline, True).drive()
-        elif plain and learn:
+        elif plain and learn and self.inline_threshold > 0:
             # Timed on the driving thread alone: a task timed in the pool also counts
             # the time it waited for the GIL, which would keep it "expensive" forever.
             self._learning_walk(plan, values)
