@@ -163,6 +163,18 @@ def lift(value: Any, graph: Graph, like: np.dtype | None = None) -> Node:
     return constant(value, graph=graph)
 
 
+def contiguous(x: Any) -> Any:
+    """``x`` itself when it is C- or F-contiguous, else a C-ordered copy.
+
+    Kernels that accumulate (reductions, matmul) take other paths, and round
+    differently, on arrays that are neither; and a value that crosses to a worker
+    process arrives packed in C order. Such kernels call this on their inputs, so that
+    they give the same bits whichever executor ran the nodes before them."""
+    if isinstance(x, np.ndarray) and not (x.flags.c_contiguous or x.flags.f_contiguous):
+        return np.ascontiguousarray(x)
+    return x
+
+
 _dtype_cache: dict[tuple, np.dtype] = {}
 
 

@@ -528,14 +528,13 @@ class _Run:
             return -1, RuntimeError(
                 f"the engine was closed during the run ({len(self.plan.compute) - self.finished} "
                 "nodes did not run)")
-        if isinstance(exc, cf.BrokenExecutor):
-            suspects = list(self.running) if self.running else [p]
-            if len(suspects) > 1 or not started:
-                names = ", ".join(self.plan.describe(q) for q in suspects)
-                broken = type(exc)(f"{exc} A worker died while {len(suspects)} node(s) were in "
-                                   f"flight: {names}; one of them took it down.")
-                broken.__cause__ = exc
-                return (p if started else suspects[0]), broken
+        suspects = list(self.running)
+        if isinstance(exc, cf.BrokenExecutor) and suspects and (len(suspects) > 1 or not started):
+            names = ", ".join(self.plan.describe(q) for q in suspects)
+            broken = type(exc)(f"{exc} A worker died while {len(suspects)} node(s) were in "
+                               f"flight: {names}; one of them took it down.")
+            broken.__cause__ = exc
+            return (p if started else suspects[0]), broken
         return p, exc
 
     # -- the driving loop --------------------------------------------------------------------

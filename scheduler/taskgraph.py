@@ -213,6 +213,7 @@ def _cost_key(func: Any) -> Hashable:
     return func
 
 
+_new_tuple = tuple.__new__
 _func_descriptions: dict = {}
 
 
@@ -454,7 +455,9 @@ class TaskGraphSource:
                 fast = False
             if fast and (len(args) < 2 or len(set(args)) == len(args)):
                 op, cost_key = _describe_func(func)
-                return TaskSpec(func, args, name, op, NO_VALUE, cost_key)
+                # tuple.__new__ skips the named tuple's Python-level constructor: this
+                # line runs once per task of every graph that scheduler.get compiles.
+                return _new_tuple(TaskSpec, (func, args, name, op, NO_VALUE, cost_key, None))
             comp = _Compiler(tasks, dt)
             kernel = _call_kernel(func, [comp.arg(a) for a in args])
             return TaskSpec(kernel, tuple(comp.deps), name, _func_name(func),

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph import Node
-from ..op import Op, apply
+from ..op import Op, apply, contiguous
 from ..shapes import broadcast, fmt, same_or_unknown
 from .shape_ops import expand_dims, reshape_as, sum_to, swapaxes
 
@@ -18,10 +18,10 @@ class Matmul(Op):
     name = "matmul"
 
     def kernel(self):
-        return np.matmul
+        return _matmul
 
     def forward(self, a, b):
-        return np.matmul(a, b)
+        return _matmul(a, b)
 
     def infer(self, a, b):
         sa, sb = a.shape, b.shape
@@ -58,6 +58,11 @@ class Matmul(Op):
         if wanted[1]:
             gb = reshape_as(sum_to(matmul(swapaxes(a2, -1, -2), g2), b2), b)
         return ga, gb
+
+
+def _matmul(a: Any, b: Any) -> Any:
+    """``np.matmul`` on operands in a layout every executor agrees on (see ``contiguous``)."""
+    return np.matmul(contiguous(a), contiguous(b))
 
 
 def matmul(a: Any, b: Any) -> Node:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph import Node
-from ..op import Op, apply, result_dtype
+from ..op import Op, apply, contiguous, result_dtype
 from ..shapes import fmt, normalize_axes, reduced
 from .core import constant
 from .elementwise import exp, greater, where
@@ -66,6 +66,7 @@ class Softmax(AxisOp):
     name = "softmax"
 
     def forward(self, x):
+        x = contiguous(x)
         shifted = x - np.max(x, axis=self.axis, keepdims=True)
         e = np.exp(shifted)
         return e / np.sum(e, axis=self.axis, keepdims=True)
@@ -80,6 +81,7 @@ class LogSoftmax(AxisOp):
     name = "log_softmax"
 
     def forward(self, x):
+        x = contiguous(x)
         shifted = x - np.max(x, axis=self.axis, keepdims=True)
         return shifted - np.log(np.sum(np.exp(shifted), axis=self.axis, keepdims=True))
 
@@ -97,6 +99,7 @@ class LogSumExp(Op):
         return reduced(x.shape, axes, self.keepdims), _float_dtype(x.dtype)
 
     def forward(self, x):
+        x = contiguous(x)
         m = np.max(x, axis=self.axis, keepdims=True)
         m = np.where(np.isfinite(m), m, 0)
         out = np.log(np.sum(np.exp(x - m), axis=self.axis, keepdims=True)) + m

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..graph import Node
-from ..op import Op, apply
+from ..op import Op, apply, contiguous
 from ..shapes import normalize_axes, product, reduced
 from .core import constant
 from .shape_ops import broadcast_as, expand_dims
@@ -27,7 +27,7 @@ class Reduction(Op):
         return dtype
 
     def forward(self, x):
-        return type(self).reducer(x, axis=self.axis, keepdims=self.keepdims)
+        return type(self).reducer(contiguous(x), axis=self.axis, keepdims=self.keepdims)
 
     def expanded(self, grad: Node, x: Node) -> Node:
         """``grad`` with the reduced axes restored (size 1), then broadcast like ``x``."""

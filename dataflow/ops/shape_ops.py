@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..graph import Node
-from ..op import Op, apply
+from ..op import Op, apply, contiguous
 from ..shapes import broadcast, fmt, is_known, normalize_axes, product, same_or_unknown
 
 
@@ -45,7 +45,7 @@ class SumTo(Op):
 
     def forward(self, g, ref=None):
         target = _target(self, ref)
-        g = np.asarray(g)
+        g = contiguous(np.asarray(g))
         lead = g.ndim - len(target)
         axes = tuple(range(lead)) + tuple(
             lead + i for i, d in enumerate(target) if d == 1 and g.shape[lead + i] != 1
