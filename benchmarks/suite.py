@@ -62,6 +62,22 @@ def median_of(fn: Callable[[], object], reps: int = 15, warmup: int = 2) -> floa
     return statistics.median(times)
 
 
+def interleaved(fns: list[Callable[[], object]], reps: int = 15,
+                warmup: int = 2) -> list[float]:
+    """Median time of each of ``fns``, measured round-robin (one call of each per round),
+    so that a slow phase of a shared machine hits every contender alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(bucket) for bucket in times]
+
+
 # -- 1. trivial-task graphs through scheduler.get ------------------------------------------
 
 def overhead(n: int = 20_000) -> list[Row]:
@@ -95,11 +111,6 @@ def tiny_ops() -> list[Row]:
         y = df.sum(w.tiny_chain((df.sin, df.multiply, df.add), x))
         (gx,) = df.gradients(y, [x])
     feeds = {x: w.TINY_X0}
-    results = {}
-    for kind in ("inline", "threads"):
-        with scheduler.Engine(kind, workers=2) as engine:
-            results[kind] = median_of(lambda: engine.run([y, gx], feeds)) / w.TINY_N
-    rows = []
     try:
         import torch
     except ImportError:
@@ -107,17 +118,23 @@ def tiny_ops() -> list[Row]:
     if torch is not None:
         torch.set_num_threads(1)
 
-        def torch_step():
+        def anchor_step():
             tx = torch.tensor(w.TINY_X0, requires_grad=True)
             h = w.tiny_chain((torch.sin, torch.mul, torch.add), tx)
             return torch.autograd.grad(h.sum(), tx)[0]
 
-        anchor = median_of(torch_step) / w.TINY_N
         name = "torch autograd"
     else:
-        anchor = median_of(lambda: w.tiny_chain((np.sin, np.multiply, np.add), w.TINY_X0),
-                           ) / w.TINY_N
+        def anchor_step():
+            return w.tiny_chain((np.sin, np.multiply, np.add), w.TINY_X0)
+
         name = "numpy forward only (torch missing)"
+    rows = []
+    with scheduler.Engine("inline") as inline, scheduler.Engine("threads", workers=2) as thr:
+        times = interleaved([anchor_step, lambda: inline.run([y, gx], feeds),
+                             lambda: thr.run([y, gx], feeds)])
+    anchor, *ours = (t / w.TINY_N for t in times)
+    results = dict(zip(("inline", "threads"), ours))
     for kind, limit in (("inline", 0.5), ("threads", 0.6)):
         ok = results[kind] <= limit * anchor if torch is not None else None
         rows.append(Row(f"tiny-op chain {w.TINY_N} fwd+grad", kind, results[kind] * 1e6, name,
@@ -139,13 +156,16 @@ def mlp() -> list[Row]:
         model = mlp_graph(dtype)
         feeds = model.feeds(params, x, y)
         fetches = [model.loss, *model.grads]
-        numpy_time = median_of(lambda p=params, x=x, y=y: w.numpy_mlp_step(p, x, y), reps=20)
-        for kind, limit in (("inline", 1.03), ("threads", 1.05)):
-            with scheduler.Engine(kind, workers=2) as engine:
-                ours = median_of(lambda e=engine, f=fetches, d=feeds: e.run(f, d), reps=20)
-            rows.append(Row(f"MLP 784-512-512-10 {np.dtype(dtype).name}", kind, ours * 1e3,
+        with scheduler.Engine("inline") as inline, scheduler.Engine("threads", workers=2) as thr:
+            numpy_time, *ours = interleaved([
+                lambda p=params, x=x, y=y: w.numpy_mlp_step(p, x, y),
+                lambda e=inline, f=fetches, d=feeds: e.run(f, d),
+                lambda e=thr, f=fetches, d=feeds: e.run(f, d),
+            ], reps=20)
+        for kind, limit, t in (("inline", 1.03, ours[0]), ("threads", 1.05, ours[1])):
+            rows.append(Row(f"MLP 784-512-512-10 {np.dtype(dtype).name}", kind, t * 1e3,
                             "numpy hand backprop", numpy_time * 1e3, "ms", f"<= {limit}x",
-                            ours <= limit * numpy_time))
+                            t <= limit * numpy_time))
     return rows
 
 
@@ -179,11 +199,13 @@ def parallel() -> list[Row]:
     import dask.threaded
 
     dsk, out = w.parallel_graph()
-    sequential_dask = median_of(lambda: dask.get(dsk, out), reps=7, warmup=1)
-    dask_thr = median_of(lambda: dask.threaded.get(dsk, out, num_workers=2), reps=7, warmup=1)
     with scheduler.Engine("inline") as inline, scheduler.Engine("threads", workers=2) as thr:
-        ours_inline = median_of(lambda: inline.get(dsk, out), reps=7, warmup=1)
-        ours_thr = median_of(lambda: thr.get(dsk, out), reps=7, warmup=1)
+        sequential_dask, dask_thr, ours_inline, ours_thr = interleaved([
+            lambda: dask.get(dsk, out),
+            lambda: dask.threaded.get(dsk, out, num_workers=2),
+            lambda: inline.get(dsk, out),
+            lambda: thr.get(dsk, out),
+        ], reps=9, warmup=1)
     speedup = ours_inline / ours_thr
     dask_speedup = sequential_dask / dask_thr
     return [Row("16 branches x 4 matmuls 384^2", "threads(2) speedup over inline", speedup,

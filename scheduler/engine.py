@@ -242,9 +242,11 @@ class Engine:
                 _walk(plan, values)
             else:
                 _Run(self, plan, values, None, cbs, deadline, True).drive()
-        elif plain and learn and self.inline_threshold > 0:
+        elif plain and learn and self.inline_threshold > 0 and not plan.use_pool:
             # Timed on the driving thread alone: a task timed in the pool also counts
             # the time it waited for the GIL, which would keep it "expensive" forever.
+            # (A plan already worth the pool learns in the pooled driver: its inline
+            # tasks are timed there, and pool timings may lower estimates.)
             self._learning_walk(plan, values)
         elif plain and not plan.use_pool:
             _walk(plan, values)

@@ -152,7 +152,7 @@ class Plan:
             key = self.cost_keys[p]
             if key is not None and key in table:
                 self.estimates[p] = table[key]
-                self.samples[p] = 1
+                self.samples[p] = 2  # the engine's history stands for a confirmed sample
         self.reclassify(threshold)
 
     def learn(self, durations: dict[int, float], table: dict[Hashable, float],
