@@ -5,25 +5,30 @@ workers only run a kernel and report ``(value, start, end, worker)`` back)::
 
     waiting --(last computed parent finished: pending count hits 0)--> ready
     ready   --(cheap: the driving thread runs it inline)-------------> finished
-    ready   --(expensive, and fewer than `workers` in flight)--------> running
+    ready   --(expensive, and fewer than 2 x workers in flight)------> running
     running --(its worker reported back)-----------------------------> finished
     finished --(its last consumer finished, and it is not fetched)---> released
 
 ``pending[p]`` counts the computed parents ``p`` still waits for (Kahn's algorithm);
 ``consumers_left[p]`` counts the children that have not finished yet. Ready tasks wait
-in two heaps ordered by the plan's priority (its depth-first order). Whether a task is
-cheap or expensive comes from a cost model learned from measured durations, per task
-and per cost key (TensorFlow's executor does the same): a thread hand-off costs tens of
-microseconds, a tiny numpy op less than one, so tiny tasks never leave the driving
-thread and only heavy ones go to the pool, at most ``workers`` at a time, so that the
-priority decides what starts next. Literals and fed values are available at the start.
+in two heaps ordered by the plan's priority (its position: a depth-first order, made
+memory-aware for cached plans, see ``plan.py``). Whether a task is cheap or expensive
+comes from a cost model learned from measured durations, per task and per cost key
+(TensorFlow's executor does the same): a thread hand-off costs tens of microseconds, a
+tiny numpy op less than one, so tiny tasks never leave the driving thread and only
+heavy ones go to the pool, two per worker at most, so that the priority still decides
+what starts next. Literals and fed values are available at the start.
+
+Which driver a run gets (``Engine._dispatch``): the ``inline`` executor, and a plan whose
+estimated parallel gain does not pay for the pooled driver, walk the plan's order on
+the calling thread with no per-task bookkeeping beyond freeing dead values; learning
+runs walk it timing every task and hand over to the pooled driver once a kind of task
+proves expensive; everything else (callbacks, timeouts, numerics checks, plans worth a
+pool) goes through ``_Run``.
 
 On the first error nothing new starts, the tasks in flight are drained, and the error
-is raised as ``NodeError`` (TensorFlow's ``NodeDone``). A run that needs no pool (the
-``inline`` executor, or a plan whose tasks are all cheap) walks the plan's order on the
-calling thread with no per-task bookkeeping beyond freeing dead values.
+is raised as ``NodeError`` (TensorFlow's ``NodeDone``).
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -57,6 +62,7 @@ from .spec import TaskSpec
 # Every LEARN_EVERY-th run of an all-cheap plan is timed, so that a task whose cost
 # grows (a larger feed) is noticed; the runs in between pay no timing at all.
 LEARN_EVERY = 32
+IN_FLIGHT_PER_WORKER = 2
 
 
 def _spec_of_object(key: Hashable) -> TaskSpec:
@@ -564,11 +570,14 @@ class _Run:
 
     def _loop(self) -> None:
         plan = self.plan
-        workers = self.engine.workers
+        # Two tasks per worker in flight: a worker that finishes starts its next task at
+        # once instead of idling until this thread has handled the completion. More
+        # would decide priorities too early.
+        depth = IN_FLIGHT_PER_WORKER * self.engine.workers
         completions = self.completions
         while True:
             if self.error is None:
-                while self.costly and self.in_flight < workers and self.error is None:
+                while self.costly and self.in_flight < depth and self.error is None:
                     try:
                         self._submit(heapq.heappop(self.costly))
                     except Exception as exc:  # a pretask callback
