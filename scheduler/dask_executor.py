@@ -510,8 +510,12 @@ class DaskExecutor(cf.Executor):
         if isinstance(task_key, tuple) and len(task_key) == 2 and isinstance(task_key[1], int):
             t = task_key[1]
             if 0 <= t < len(layout.members):
-                p = layout.members[t][0]
-                return NodeError(plan.names[p], plan.ops[p], error)
+                # The worker died inside a task that may hold several fused nodes: any
+                # of them could be the culprit, so the error names them all.
+                members = layout.members[t]
+                names = ", ".join(plan.names[p] for p in members)
+                ops = ", ".join(dict.fromkeys(plan.ops[p] for p in members))
+                return NodeError(names, ops, error)
         return error
 
 

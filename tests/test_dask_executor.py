@@ -13,6 +13,7 @@ import concurrent.futures as cf
 import functools
 import subprocess
 import sys
+import os
 import textwrap
 import time
 
@@ -301,6 +302,31 @@ def test_engine_dask_with_worker_processes():
     finally:
         engine.close()
     assert executor.cluster.status.name == "closed"
+
+
+def die(x):
+    os._exit(3)
+
+
+def test_worker_death_is_a_node_error_and_the_engine_recovers():
+    """A task that kills its worker process: dask gives up on it at once (no retries
+    allowed), the run fails promptly naming the node, the nanny restarts the worker,
+    and the next run works."""
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        engine = scheduler.Engine("dask", workers=1)
+        try:
+            dsk = {"x": 1, "a": (inc, "x"), "killer": (die, "a"), "after": (inc, "killer")}
+            started = time.perf_counter()
+            with pytest.raises(NodeError) as info:
+                engine.get(dsk, "after", timeout=60)
+            assert "killer" in info.value.node_name  # with the nodes fused into its task
+            assert type(info.value.__cause__).__name__ == "KilledWorker"
+            assert time.perf_counter() - started < 30
+            assert engine.get({"x": 1, "y": (inc, "x")}, "y", timeout=60) == 2
+        finally:
+            engine.close()
 
 
 # --------------------------------------------------------------------------- TLS
