@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
+import os
 import subprocess
 import sys
-import os
 import textwrap
 import time
 
