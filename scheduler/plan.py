@@ -58,6 +58,8 @@ class Plan:
 
     def _build(self, order: list[Hashable], specs: list[TaskSpec],
                fetch_keys: Sequence[Hashable], fed: set) -> None:
+        for name in Plan._LINKS:  # a rebuild in another order drops the old links
+            self.__dict__.pop(name, None)
         position = {key: p for p, key in enumerate(order)}
         n = len(order)
         self.keys: list[Hashable] = order
@@ -70,13 +72,12 @@ class Plan:
         #: literal values, and (position, key, check) of each value that must be fed
         self.template: list[Any] = [None] * n
         self.feed_slots: list[tuple[int, Hashable, Callable[[Any], Any] | None]] = []
-        #: argument positions (with repeats); distinct parents; children, in order
+        #: argument positions (with repeats) and distinct parents, per position
         self.args: list[tuple[int, ...]] = []
         self.parents: list[tuple[int, ...]] = []
-        children: list[list[int]] = [[] for _ in range(n)]
         is_source = [False] * n
         compute: list[int] = []
-        pending = [0] * n
+        last_use: dict[int, int] = {}
         # One pass in topological order: every parent's position is known already.
         for p, spec in enumerate(specs):
             deps = spec.deps
@@ -99,29 +100,21 @@ class Plan:
                 is_source[p] = True
                 continue
             compute.append(p)
-            waiting = 0
-            for q in parents:
-                children[q].append(p)
-                if not is_source[q]:
-                    waiting += 1
-            pending[p] = waiting
-        self.children: list[tuple[int, ...]] = [tuple(c) for c in children]
+            for q in args:
+                last_use[q] = p
         self.is_source = is_source
         self.compute = compute
-        self.initial_pending = pending
-        self.initial_ready: list[int] = [p for p in compute if pending[p] == 0]
         self.keep: list[bool] = [False] * n
         for p in self.fetch_positions:
             self.keep[p] = True
-        self.consumers: list[int] = [len(c) for c in children]
 
         # For the sequential walk: a value dies right after its last consumer (the
         # consumer latest in the order), unless it is fetched.
         dies_after: list[list[int]] = [[] for _ in range(n)]
         keep = self.keep
-        for q, kids in enumerate(children):
-            if kids and not keep[q]:
-                dies_after[kids[-1]].append(q)
+        for q, p in last_use.items():
+            if not keep[q]:
+                dies_after[p].append(q)
         self.dies_after: list[tuple[int, ...]] = [tuple(d) if d else () for d in dies_after]
         #: (position, kernel, argument positions, positions freed afterwards) in order
         kernels, args_, dies_ = self.kernels, self.args, self.dies_after
@@ -139,6 +132,34 @@ class Plan:
         #: the pool size the engine will use (set by the engine; it weighs ``use_pool``)
         self.workers = 1
         self.runs = 0
+
+    #: what only the pooled driver (and analyses of the plan) need; built on first use,
+    #: so that a plan that is only ever walked (a one-off ``scheduler.get``) skips it
+    _LINKS = frozenset({"children", "initial_pending", "initial_ready", "consumers"})
+
+    def __getattr__(self, name: str) -> Any:
+        if name in Plan._LINKS:
+            self._link()
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _link(self) -> None:
+        """Children, pending counts, initially ready tasks and consumer counts."""
+        n = len(self.keys)
+        children: list[list[int]] = [[] for _ in range(n)]
+        pending = [0] * n
+        is_source, parents = self.is_source, self.parents
+        for p in self.compute:
+            waiting = 0
+            for q in parents[p]:
+                children[q].append(p)
+                if not is_source[q]:
+                    waiting += 1
+            pending[p] = waiting
+        self.children: list[tuple[int, ...]] = [tuple(c) for c in children]
+        self.initial_pending: list[int] = pending
+        self.initial_ready: list[int] = [p for p in self.compute if pending[p] == 0]
+        self.consumers: list[int] = [len(c) for c in children]
 
     def __len__(self) -> int:
         return len(self.keys)
