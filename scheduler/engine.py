@@ -423,11 +423,12 @@ class _Run:
             heapq.heappush(self.cheap, p)
             return
         plan = self.plan
-        estimate = plan.estimates[p]
-        if estimate is None and plan.cost_keys[p] is not None:
+        expensive = plan.expensive[p]
+        if not expensive and plan.estimates[p] is None and plan.cost_keys[p] is not None:
+            # Never measured in this plan: go by what its kind of task took elsewhere
+            # (or, within this run, by what ``_learn_now`` just confirmed).
             estimate = self.engine._costs.get(plan.cost_keys[p])
-        threshold = self.threshold
-        expensive = threshold == 0 or (estimate is not None and estimate > threshold)
+            expensive = estimate is not None and estimate > self.threshold
         heapq.heappush(self.costly if expensive else self.cheap, p)
 
     def _finish(self, p: int, value: Any, start: float, end: float, worker: str) -> None:
