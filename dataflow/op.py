@@ -11,8 +11,8 @@ Subclass :class:`Op` (or call :func:`custom_op` with plain functions)::
         def forward(self, x):                     # numpy in, numpy out
             return x * x * x
 
-        def infer(self, x):                       # shape/dtype rule on input *nodes*
-            return x.shape, x.dtype
+        def infer(self, x):                       # shape/dtype rule on input *nodes*;
+            return x.shape, x.dtype               # this one is also the default
 
         def bprop(self, inputs, output, grad, wanted):   # returns nodes (symbolic)
             (x,) = inputs
@@ -20,7 +20,8 @@ Subclass :class:`Op` (or call :func:`custom_op` with plain functions)::
 
     cube = lambda x: df.apply(Cube(), x)
 
-``bprop`` implements ``sum_i (grad_X op.f(inputs)_i) G_i`` of algorithm 6.5/6.6: given
+``infer`` raises ``ShapeError`` for inputs that cannot go together; without it an op
+is elementwise: the inputs' broadcast shape and promoted dtype. ``bprop`` implements ``sum_i (grad_X op.f(inputs)_i) G_i`` of algorithm 6.5/6.6: given
 the input nodes, the output node and the gradient ``grad`` with respect to the output,
 it returns one node (or ``None`` for "no gradient") per input, shaped like that input.
 ``wanted[i]`` says whether input ``i`` needs its gradient at all, so an op can skip
@@ -83,8 +84,10 @@ class Op:
         raise NotImplementedError(f"op {self.name} has no forward")
 
     def infer(self, *inputs: Node) -> tuple[tuple, np.dtype]:
-        """Static (shape, dtype) of the output. Default: elementwise broadcasting."""
-        return elementwise_infer(self, inputs)
+        """Static (shape, dtype) of the output. Default: elementwise, the inputs'
+        broadcast shape and their promoted dtype (``forward`` is not called)."""
+        shape = broadcast(self.name, *(n.shape for n in inputs))
+        return shape, np.result_type(*(n.dtype for n in inputs))
 
     def bprop(self, inputs: Sequence[Node], output: Node, grad: Node,
               wanted: Sequence[bool]) -> Sequence[Node | None]:
@@ -228,12 +231,6 @@ def custom_op(name: str, forward: Callable[..., Any],
             return shape, np.dtype(dtype)
 
         namespace["infer"] = _infer
-    else:
-        def _elementwise(self: Op, *inputs: Node) -> tuple[tuple, np.dtype]:
-            shape = broadcast(name, *(n.shape for n in inputs))
-            return shape, np.result_type(*(n.dtype for n in inputs))
-
-        namespace["infer"] = _elementwise
     if bprop is not None:
         def _bprop(self: Op, inputs: Sequence[Node], output: Node, grad: Node,
                    wanted: Sequence[bool]) -> Sequence[Node | None]:

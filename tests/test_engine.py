@@ -118,9 +118,6 @@ class BoomOp(df.Op):
 
     name = "test.boom"
 
-    def infer(self, x):
-        return x.shape, x.dtype
-
     def forward(self, x):
         raise ValueError("kaput")
 
@@ -344,18 +341,12 @@ def test_processes_unpicklable_result_is_a_node_error():
 class DieOp(df.Op):
     name = "test.die"
 
-    def infer(self, x):
-        return x.shape, x.dtype
-
     def forward(self, x):
         os._exit(3)
 
 
 class LambdaOp(df.Op):
     name = "test.returns_lambda"
-
-    def infer(self, x):
-        return x.shape, x.dtype
 
     def forward(self, x):
         return lambda: x

@@ -38,9 +38,6 @@ class Sleep(df.Op):
     name = "test_faults.sleep"
     attr_names = ("seconds", "tag")
 
-    def infer(self, x):
-        return x.shape, x.dtype
-
     def forward(self, x):
         with _started_lock:
             STARTED.append(self.tag)
@@ -55,9 +52,6 @@ def sleep(x: df.Node, seconds: float, name: str | None = None) -> df.Node:
 class Boom(df.Op):
     name = "test_faults.boom"
 
-    def infer(self, x):
-        return x.shape, x.dtype
-
     def forward(self, x):
         raise ValueError("kaput")
 
@@ -65,18 +59,12 @@ class Boom(df.Op):
 class ExitWorker(df.Op):
     name = "test_faults.exit"
 
-    def infer(self, x):
-        return x.shape, x.dtype
-
     def forward(self, x):
         os._exit(3)
 
 
 class KillWorker(df.Op):
     name = "test_faults.sigkill"
-
-    def infer(self, x):
-        return x.shape, x.dtype
 
     def forward(self, x):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -87,9 +75,6 @@ class ReturnsLock(df.Op):
     """A result that cannot be pickled back from a worker process."""
 
     name = "test_faults.returns_lock"
-
-    def infer(self, x):
-        return x.shape, x.dtype
 
     def forward(self, x):
         return threading.Lock()

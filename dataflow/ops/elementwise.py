@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..graph import Node
-from ..op import Op, apply
+from ..op import Op, apply, elementwise_infer
 from .core import const_value, constant
 from .shape_ops import sum_to
 
@@ -20,6 +20,10 @@ class Elementwise(Op):
     """An op computed by one numpy ufunc; subclasses set ``ufunc`` and ``bprop``."""
 
     ufunc: Any = None
+
+    def infer(self, *inputs):
+        # The dtype numpy's ufunc gives (sin of an int is a float), found by probing.
+        return elementwise_infer(self, inputs)
 
     def kernel(self):
         return self.ufunc
