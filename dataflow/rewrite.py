@@ -39,9 +39,10 @@ documented IEEE corners, where the choice follows TensorFlow's grappler and Thea
   and for ``sum``/``mean`` over size-1 axes (numpy's sum of one ``-0.0`` is ``+0.0``).
 - ``x * 0`` gives ``+0.0`` where IEEE gives ``NaN`` for an infinite or NaN ``x`` and
   ``-0.0`` for a negative ``x``. This rewrite is on for floating dtypes only with
-  ``assume_finite=True`` (the default, and what the engine uses); integer and boolean
-  products are exact and always rewritten. Pass ``assume_finite=False`` to keep NaN and
-  Inf propagation (and signed zeros of products) exactly.
+  ``assume_finite=True`` (the default of ``simplify``); integer and boolean products
+  are exact and always rewritten. The engine passes ``assume_finite=False`` when it
+  compiles a plan: a run must propagate NaN and Inf as numpy would (``check_numerics``
+  has to see them).
 
 Nothing is reassociated or reordered, so sums round exactly as before. Gradients taken
 of a simplified graph equal those of the original (a product by a constant zero no
@@ -160,7 +161,7 @@ def plan_rewrite(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[li
     fed = {k.id: k for k in fed_keys}
     result = None
     for keep in (False, True):
-        result = _rewrite(list(fetch_keys), fed, fold_limit=FOLD_LIMIT, assume_finite=True,
+        result = _rewrite(list(fetch_keys), fed, fold_limit=FOLD_LIMIT, assume_finite=False,
                           preserve_fetches=True, keep_dependencies=keep)
         if not result.lost:
             break

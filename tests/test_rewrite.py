@@ -557,3 +557,18 @@ def test_engine_feed_errors_unchanged_when_a_rewrite_drops_an_input(rng):
 def test_plan_rewrite_leaves_foreign_keys_alone():
     assert plan_rewrite(["a", "b"], ["a"]) == (["a", "b"], ["a"], {})
     assert scheduler.get({"a": 1, "b": (lambda v: v + 1, "a")}, "b", executor="inline") == 2
+
+
+def test_engine_runs_keep_nan_and_inf_propagation():
+    """``simplify`` may assume finite values; the engine's own rewrite may not."""
+    with df.Graph():
+        x = df.placeholder("x", (3,))
+        out = x * 0.0 + 1.0
+    feeds = {x: np.array([np.inf, np.nan, -2.0])}
+    with np.errstate(invalid="ignore"):
+        expected = feeds[x] * 0.0 + 1.0
+        got = scheduler.run(out, feeds, executor="inline")
+    assert np.array_equal(got, expected, equal_nan=True)
+    with scheduler.Engine("inline", check_numerics=True) as engine, np.errstate(invalid="ignore"):
+        with pytest.raises(scheduler.NumericsError):
+            engine.run(out, feeds)
