@@ -21,7 +21,9 @@ Subclass :class:`Op` (or call :func:`custom_op` with plain functions)::
     cube = lambda x: df.apply(Cube(), x)
 
 ``infer`` raises ``ShapeError`` for inputs that cannot go together; without it an op
-is elementwise: the inputs' broadcast shape and promoted dtype. ``bprop`` implements ``sum_i (grad_X op.f(inputs)_i) G_i`` of algorithm 6.5/6.6: given
+is elementwise: the inputs' broadcast shape and promoted dtype.
+
+``bprop`` implements ``sum_i (grad_X op.f(inputs)_i) G_i`` of algorithm 6.5/6.6: given
 the input nodes, the output node and the gradient ``grad`` with respect to the output,
 it returns one node (or ``None`` for "no gradient") per input, shaped like that input.
 ``wanted[i]`` says whether input ``i`` needs its gradient at all, so an op can skip
