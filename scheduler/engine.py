@@ -293,7 +293,8 @@ class Engine:
                 raise FeedError(f"feed key {key!r} is not in the task graph")
         plan = Plan(wanted, list(feeds), source.spec)
         plan.workers = self.workers
-        plan.seed_estimates(self._costs, self.inline_threshold)
+        if self.kind != "inline":  # the inline executor never consults estimates
+            plan.seed_estimates(self._costs, self.inline_threshold)
         values = self.execute(plan, feeds, timeout=timeout, callbacks=callbacks)
         return pack_results(keys, dict(zip(wanted, values)))
 

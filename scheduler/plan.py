@@ -58,13 +58,12 @@ class Plan:
 
     def _build(self, order: list[Hashable], specs: list[TaskSpec],
                fetch_keys: Sequence[Hashable], fed: set) -> None:
-        for name in Plan._LINKS:  # a rebuild in another order drops the old links
+        for name in (*Plan._LINKS, "names", "ops"):  # a rebuild drops what it derived
             self.__dict__.pop(name, None)
         position = {key: p for p, key in enumerate(order)}
         n = len(order)
         self.keys: list[Hashable] = order
-        self.names: list[str] = [s.name for s in specs]
-        self.ops: list[str] = [s.op for s in specs]
+        self._specs = specs  # names and ops are read from them on first use
         self.kernels: list[Callable[..., Any] | None] = [s.kernel for s in specs]
         self.cost_keys: list[Hashable] = [s.cost_key for s in specs]
         self.fetch_positions: list[int] = [position[k] for k in fetch_keys]
@@ -89,7 +88,7 @@ class Plan:
             self.args.append(args)
             self.parents.append(parents)
             key = order[p]
-            if key in fed:
+            if fed and key in fed:
                 self.feed_slots.append((p, key, spec.check_feed))
                 is_source[p] = True
                 continue
@@ -141,6 +140,10 @@ class Plan:
         if name in Plan._LINKS:
             self._link()
             return self.__dict__[name]
+        if name in ("names", "ops"):  # wanted for errors, callbacks and profiles only
+            self.names = [s.name for s in self._specs]
+            self.ops = [s.op for s in self._specs]
+            return self.__dict__[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _link(self) -> None:
@@ -185,11 +188,14 @@ class Plan:
         estimate, never raise it (the next timed walk on the driving thread will)."""
         estimates, cost_keys, samples = self.estimates, self.cost_keys, self.samples
         for p, seconds in durations.items():
-            estimates[p] = updated_estimate(estimates[p], seconds)
+            # updated_estimate, inlined: this loop runs over every task of a learning run
+            old = estimates[p]
+            estimates[p] = seconds if old is None or seconds < 4 * old else 4 * old
             samples[p] += 1
             key = cost_keys[p]
             if key is not None:
-                table[key] = updated_estimate(table.get(key), seconds)
+                old = table.get(key)
+                table[key] = seconds if old is None or seconds < 4 * old else 4 * old
         for p, seconds in (pooled or {}).items():
             old = estimates[p]
             estimates[p] = seconds if old is None else min(old, seconds)
@@ -317,7 +323,7 @@ def _post_order(fetch_keys: Sequence[Hashable], fed: set,
                     path = [k for k, _, _ in stack]
                     raise CycleError(path[path.index(dep):] + [dep])
                 dep_spec = spec_of(dep)
-                if dep in fed:
+                if fed and dep in fed:
                     dep_spec = dep_spec._replace(deps=())
                 state[dep] = False
                 stack.append((dep, dep_spec, iter(dep_spec.deps)))

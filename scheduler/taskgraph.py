@@ -415,10 +415,12 @@ class TaskGraphSource:
     and checks its args for membership, so it costs the size of that one task.
     """
 
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "_dask_types")
 
     def __init__(self, tasks: Mapping):
         self.tasks = tasks
+        # dask's task classes, if dask is loaded: a graph can only hold its objects then.
+        self._dask_types = _dask()
 
     def __contains__(self, key: object) -> bool:
         try:
@@ -433,7 +435,7 @@ class TaskGraphSource:
         """The spec of ``key``; ``KeyError`` if the graph has no such key."""
         tasks = self.tasks
         value = tasks[key]
-        dt = _dask()
+        dt = self._dask_types
         name = key if type(key) is str else str(key)
 
         if type(value) is not tuple and dt is not None and isinstance(value, dt.graph_types):
