@@ -33,6 +33,11 @@ DEFAULT_INLINE_THRESHOLD = 40e-6
 # hand-off per task sent to the pool (measured on the 2-core machines this runs on).
 DRIVER_SECONDS_PER_TASK = 3e-6
 HANDOFF_SECONDS = 30e-6
+# The pool must also promise to save this fraction of the walk's time: running kernels
+# on other threads has costs the figures above miss (their arrays allocated in other
+# malloc arenas, caches on another core, the GIL passed back and forth), which ate all
+# of an MLP step's 15% of inter-op parallelism on the machines this runs on.
+MIN_PARALLEL_GAIN = 0.2
 
 
 class Plan:
@@ -211,8 +216,9 @@ class Plan:
 
     def _parallel_gain(self) -> float:
         """Estimated seconds a pool of ``workers`` saves over walking the plan on one
-        thread, minus what driving it costs. A chain gains nothing from a pool even if
-        its tasks are slow; a wide graph of slow tasks gains up to ``1 - 1/workers``."""
+        thread, minus what driving it costs and ``MIN_PARALLEL_GAIN`` of the walk. A
+        chain gains nothing from a pool even if its tasks are slow; a wide graph of slow
+        tasks gains up to ``1 - 1/workers``."""
         estimates, parents = self.estimates, self.parents
         finish = [0.0] * len(estimates)
         sequential = 0.0
@@ -224,7 +230,7 @@ class Plan:
         parallel = max(critical, sequential / (self.workers + 1))  # +1: the driving thread
         handoffs = sum(self.expensive)
         overhead = DRIVER_SECONDS_PER_TASK * len(self.compute) + HANDOFF_SECONDS * handoffs
-        return sequential - parallel - overhead
+        return sequential - parallel - overhead - MIN_PARALLEL_GAIN * sequential
 
 
 def _memory_order(plan: Plan) -> list[int]:
