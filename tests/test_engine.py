@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import os
 import threading
 import time
 
 import numpy as np
 import pytest
+from engines import ExitWorker, make_engine
 
 import dataflow as df
 import scheduler
@@ -38,12 +38,8 @@ def engine(request):
     if kind == "external-pool":
         external = cf.ThreadPoolExecutor(2)
         eng = scheduler.Engine(external, inline_threshold=0)
-    elif kind == "threads-all-pooled":
-        eng = scheduler.Engine("threads", workers=2, inline_threshold=0)
-    elif kind == "processes":
-        eng = scheduler.Engine("processes", workers=2, inline_threshold=0)
     else:
-        eng = scheduler.Engine(kind, workers=2)
+        eng = make_engine(kind)
     try:
         yield AsyncEngine(eng) if kind == "asyncio" else eng
     finally:
@@ -322,7 +318,7 @@ def test_reentrant_run_inside_one_worker_pool_does_not_deadlock():
 def test_processes_worker_death_is_a_node_error_and_engine_recovers():
     with df.Graph():
         x = df.placeholder("x", ())
-        dead = df.apply(DieOp(), x, name="dies")
+        dead = df.apply(ExitWorker(), x, name="dies")
         fine = df.sin(x)
     with scheduler.Engine("processes", workers=1, inline_threshold=0) as eng:
         with pytest.raises(NodeError, match="dies"):
@@ -336,13 +332,6 @@ def test_processes_unpicklable_result_is_a_node_error():
     with scheduler.Engine("processes", workers=1, inline_threshold=0) as eng:
         with pytest.raises(NodeError, match="unpicklable"):
             eng.run(out, timeout=60)
-
-
-class DieOp(df.Op):
-    name = "test.die"
-
-    def forward(self, x):
-        os._exit(3)
 
 
 class LambdaOp(df.Op):

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from engines import ExitWorker, make_engine
 
 import dataflow as df
 import scheduler
@@ -56,13 +57,6 @@ class Boom(df.Op):
         raise ValueError("kaput")
 
 
-class ExitWorker(df.Op):
-    name = "test_faults.exit"
-
-    def forward(self, x):
-        os._exit(3)
-
-
 class KillWorker(df.Op):
     name = "test_faults.sigkill"
 
@@ -87,14 +81,6 @@ def identity(v: Any) -> Any:
 def nap(v: Any, seconds: float = 0.05) -> Any:
     time.sleep(seconds)
     return v
-
-
-def make_engine(kind: str, **kwargs: Any) -> scheduler.Engine:
-    if kind == "threads-all-pooled":
-        return scheduler.Engine("threads", workers=2, inline_threshold=0, **kwargs)
-    if kind == "processes":
-        return scheduler.Engine("processes", workers=2, inline_threshold=0, **kwargs)
-    return scheduler.Engine(kind, workers=2, **kwargs)
 
 
 def warm(engine: scheduler.Engine) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from engines import make_engine
 
 import dataflow as df
 import scheduler
@@ -30,14 +31,6 @@ def default_recursion_limit():
         yield
     finally:
         sys.setrecursionlimit(old)
-
-
-def make_engine(kind: str, **kwargs: Any) -> scheduler.Engine:
-    if kind == "threads-all-pooled":
-        return scheduler.Engine("threads", workers=2, inline_threshold=0, **kwargs)
-    if kind == "processes":
-        return scheduler.Engine("processes", workers=2, inline_threshold=0, **kwargs)
-    return scheduler.Engine(kind, workers=2, **kwargs)
 
 
 # -- 100,000-node chains and fans ------------------------------------------------------

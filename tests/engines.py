@@ -1,0 +1,30 @@
+"""Helpers shared by the test modules: engines by executor name, and ops that fail in
+ways only a worker process survives to report. Module-level, so that process pools can
+unpickle the ops."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dataflow as df
+import scheduler
+
+
+def make_engine(kind: str, **kwargs: Any) -> scheduler.Engine:
+    """An engine of two workers; ``threads-all-pooled`` and ``processes`` send every
+    task to the pool (``inline_threshold=0``) so that the pool is really exercised."""
+    if kind == "threads-all-pooled":
+        return scheduler.Engine("threads", workers=2, inline_threshold=0, **kwargs)
+    if kind == "processes":
+        return scheduler.Engine("processes", workers=2, inline_threshold=0, **kwargs)
+    return scheduler.Engine(kind, workers=2, **kwargs)
+
+
+class ExitWorker(df.Op):
+    """Kills the process that runs it (``os._exit``)."""
+
+    name = "tests.exit_worker"
+
+    def forward(self, x):
+        os._exit(3)
