@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from .callbacks import Callback, RunInfo, TaskRecord
+from .direct import DirectWalk, scan, walk
 from .errors import FeedError, NodeError, NumericsError
 from .executors import (
     EXECUTOR_NAMES,
@@ -111,6 +112,7 @@ class Engine:
         #: class's ``__plan_rewrite__``; for dataflow nodes, ``dataflow.simplify``)
         self.simplify = simplify
         self._costs: dict[Hashable, float] = {}
+        self._direct_gets = 0  # plain gets that skipped compiling a plan (pooled kinds)
         self._lock = threading.Lock()
         self._owned: dict[str, Any] = {}  # pools this engine created: closed with it
         self._closed = False
@@ -291,12 +293,45 @@ class Engine:
         for key in feeds:
             if key not in source:
                 raise FeedError(f"feed key {key!r} is not in the task graph")
+        cbs = self.callbacks + tuple(callbacks)
+        if not cbs and timeout is None and not self.check_numerics and self._may_walk_directly():
+            with gc_paused():
+                direct = scan(source, wanted, feeds)
+                if self.kind == "inline" or inside_kernel() or self._all_cheap(direct):
+                    return pack_results(keys, walk(direct))
         plan = Plan(wanted, list(feeds), source.spec)
         plan.workers = self.workers
         if self.kind != "inline":  # the inline executor never consults estimates
             plan.seed_estimates(self._costs, self.inline_threshold)
         values = self.execute(plan, feeds, timeout=timeout, callbacks=callbacks)
         return pack_results(keys, dict(zip(wanted, values)))
+
+    def _may_walk_directly(self) -> bool:
+        """Whether a plain ``get`` may skip compiling a plan (``scheduler/direct.py``):
+        always for the inline executor; for a pool, only when the engine has measured
+        tasks before (``_all_cheap`` decides after the scan), and not on every
+        ``LEARN_EVERY``-th call, which goes through a plan's learning walk so that a
+        kind of task that became slow is noticed."""
+        if self._closed:
+            raise RuntimeError("this engine is closed")
+        if self.kind == "inline":
+            return True
+        if self.kind == "dask" or hasattr(self._external, "run_plan") or not self._costs:
+            return False
+        if self.inline_threshold <= 0:
+            return False
+        self._direct_gets += 1
+        return self._direct_gets % LEARN_EVERY != 0
+
+    def _all_cheap(self, direct: DirectWalk) -> bool:
+        """Every kind of task in ``direct`` was measured below the inline threshold, so
+        the pooled driver would run them all on this thread anyway."""
+        costs, threshold = self._costs, self.inline_threshold
+        for key in direct.cost_keys():
+            estimate = costs.get(key)
+            if estimate is None or estimate > threshold:
+                return False
+        return True
 
 
 def _compile(keys: list, fed: list, rewrite: bool) -> Plan:

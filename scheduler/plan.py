@@ -53,7 +53,7 @@ class Plan:
         # cyclic collector would rescan the growing heap many times for nothing.
         with gc_paused():
             fed = set(fed_keys)
-            order, specs = _post_order(fetch_keys, fed, spec_of)
+            order, specs = post_order(fetch_keys, fed, spec_of)
             self._build(order, specs, fetch_keys, fed)
             if memory_order:
                 layout = _memory_order(self)
@@ -303,7 +303,7 @@ def updated_estimate(old: float | None, sample: float) -> float:
     return sample if old is None else min(sample, 4 * old)
 
 
-def _post_order(fetch_keys: Sequence[Hashable], fed: set,
+def post_order(fetch_keys: Sequence[Hashable], fed: set,
                 spec_of: SpecOf) -> tuple[list[Hashable], list[TaskSpec]]:
     """Depth-first post-order of the tasks the fetches need, without recursion.
     Raises ``CycleError`` with the path when the walk meets a task on its own stack.

@@ -38,7 +38,8 @@ from typing import Any
 
 from scheduler.spec import NO_VALUE, TaskSpec
 
-__all__ = ["TaskGraphSource", "flatten_keys", "pack_results"]
+__all__ = ["TaskGraphSource", "cost_key_of", "flatten_keys", "func_name", "pack_results",
+           "plain_args"]
 
 # How a piece of an argument structure is obtained from the tuple of dep values.
 _CONST = 0  # payload: the value itself
@@ -171,7 +172,7 @@ class _FlatKernel:
         return _FlatKernel, (self.func, self.template, self.fills)
 
     def __repr__(self) -> str:
-        return f"<kernel {_func_name(self.func)}>"
+        return f"<kernel {func_name(self.func)}>"
 
 
 class _Kernel:
@@ -190,21 +191,21 @@ class _Kernel:
 
     def __repr__(self) -> str:
         func = getattr(self.maker, "func", None)
-        what = _func_name(func) if func is not None else type(self.maker).__name__
+        what = func_name(func) if func is not None else type(self.maker).__name__
         return f"<kernel {what}>"
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _func_name(func: Any) -> str:
+def func_name(func: Any) -> str:
     while isinstance(func, partial):
         func = func.func
     name = getattr(func, "__name__", None)
     return name if isinstance(name, str) else type(func).__name__
 
 
-def _cost_key(func: Any) -> Hashable:
+def cost_key_of(func: Any) -> Hashable:
     """The callable itself, so all tasks of one function share their timings."""
     try:
         hash(func)
@@ -218,15 +219,15 @@ _func_descriptions: dict = {}
 
 
 def _describe_func(func: Any) -> tuple[str, Hashable]:
-    """``(_func_name(func), _cost_key(func))``, remembered per function: a graph of
+    """``(func_name(func), cost_key_of(func))``, remembered per function: a graph of
     20,000 ``inc`` tasks asks 20,000 times. Only functions that live as long as their
     module are remembered; a closure or lambda could hold large data alive."""
     try:
         found = _func_descriptions.get(func)
     except TypeError:  # an unhashable callable
-        return _func_name(func), _cost_key(func)
+        return func_name(func), cost_key_of(func)
     if found is None:
-        found = (_func_name(func), _cost_key(func))
+        found = (func_name(func), cost_key_of(func))
         qualname = getattr(func, "__qualname__", "<")
         if "<" not in qualname and getattr(func, "__closure__", None) is None:
             _func_descriptions[func] = found
@@ -415,12 +416,14 @@ class TaskGraphSource:
     and checks its args for membership, so it costs the size of that one task.
     """
 
-    __slots__ = ("tasks", "_dask_types")
+    __slots__ = ("tasks", "_dask_types", "graph_types")
 
     def __init__(self, tasks: Mapping):
         self.tasks = tasks
         # dask's task classes, if dask is loaded: a graph can only hold its objects then.
         self._dask_types = _dask()
+        #: the classes of dask graph nodes (``None`` while dask is not loaded)
+        self.graph_types = self._dask_types.graph_types if self._dask_types else None
 
     def __contains__(self, key: object) -> bool:
         try:
@@ -443,27 +446,18 @@ class TaskGraphSource:
 
         if type(value) is tuple and value and callable(value[0]):
             func = value[0]
-            args = value[1:]
+            args = plain_args(value, tasks, self.graph_types)
             # Fast path: (f, k1, k2, ...) with distinct keys needs no wrapper at all.
-            graph_types = dt.graph_types if dt is not None else ()
-            fast = True
-            try:
-                for a in args:
-                    if (type(a) is tuple and a and callable(a[0])) or a not in tasks or (
-                            graph_types and isinstance(a, graph_types)):
-                        fast = False
-                        break
-            except TypeError:  # an unhashable arg: a literal
-                fast = False
-            if fast and (len(args) < 2 or len(set(args)) == len(args)):
+            if args is not None and (len(args) < 2 or len(set(args)) == len(args)):
                 op, cost_key = _describe_func(func)
                 # tuple.__new__ skips the named tuple's Python-level constructor: this
                 # line runs once per task of every graph that scheduler.get compiles.
                 return _new_tuple(TaskSpec, (func, args, name, op, NO_VALUE, cost_key, None))
+            args = value[1:]
             comp = _Compiler(tasks, dt)
             kernel = _call_kernel(func, [comp.arg(a) for a in args])
-            return TaskSpec(kernel, tuple(comp.deps), name, _func_name(func),
-                            cost_key=_cost_key(func))
+            return TaskSpec(kernel, tuple(comp.deps), name, func_name(func),
+                            cost_key=cost_key_of(func))
 
         comp = _Compiler(tasks, dt)
         if comp.is_key(value):
@@ -495,8 +489,8 @@ class TaskGraphSource:
         if isinstance(node, dt.Task) and type(node).__call__ is dt.Task.__call__:
             func = node.func
             klass = getattr(type(node), "klass", None)
-            op = klass.__name__ if isinstance(klass, type) else _func_name(func)
-            cost_key = klass if isinstance(klass, type) else _cost_key(func)
+            op = klass.__name__ if isinstance(klass, type) else func_name(func)
+            cost_key = klass if isinstance(klass, type) else cost_key_of(func)
             entries = [comp.node_piece(a) for a in node.args]
             kwargs = node.kwargs
             if (not kwargs and type(node) is dt.Task
@@ -510,6 +504,23 @@ class TaskGraphSource:
         maker = _maker(comp.node(node))
         return TaskSpec(_Kernel(maker), tuple(comp.deps), name, type(node).__name__.lower(),
                         cost_key=type(node))
+
+
+def plain_args(task: Any, tasks: Mapping, graph_types: tuple | None) -> tuple | None:
+    """The args of ``task`` when it is ``(f, *keys)`` with every arg a key of ``tasks``
+    (repeats allowed), else ``None``. Such a task is ``f(*values)``: it needs no kernel
+    of its own, which is what keeps the common task cheap to compile."""
+    if type(task) is not tuple or not task or not callable(task[0]):
+        return None
+    args = task[1:]
+    try:
+        for a in args:
+            if (type(a) is tuple and a and callable(a[0])) or a not in tasks or (
+                    graph_types is not None and isinstance(a, graph_types)):
+                return None
+    except TypeError:  # an unhashable arg: a literal
+        return None
+    return args
 
 
 def _all_distinct_keys(items: list, tasks: Mapping, dt: _DaskTypes | None) -> bool:

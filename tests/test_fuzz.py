@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import engines as shared_engines
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, note, settings
@@ -782,14 +783,6 @@ def task_graphs(draw: Any, max_keys: int = 40) -> tuple[dict, Any]:
 GET_ENGINES = ["inline", "threads", "threads-all-pooled", "processes"]
 
 
-def make_get_engine(kind: str) -> scheduler.Engine:
-    if kind == "threads-all-pooled":
-        return scheduler.Engine("threads", workers=2, inline_threshold=0)
-    if kind == "processes":
-        return scheduler.Engine("processes", workers=2, inline_threshold=0)
-    return scheduler.Engine(kind, workers=2)
-
-
 @pytest.mark.parametrize("kind", GET_ENGINES)
 def test_random_task_graphs_match_a_reference_evaluator(kind):
     try:
@@ -797,7 +790,7 @@ def test_random_task_graphs_match_a_reference_evaluator(kind):
     except ImportError:
         dask = None
     quick, stress = (8, 100) if kind == "processes" else (80, 2000)
-    with make_get_engine(kind) as engine:
+    with shared_engines.make_engine(kind) as engine:
         @fuzz_settings(quick=quick, stress=stress)
         @given(graph=task_graphs(max_keys=20 if kind == "processes" else 40))
         def check(graph: tuple[dict, Any]) -> None:
