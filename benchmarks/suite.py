@@ -65,16 +65,21 @@ def median_of(fn: Callable[[], object], reps: int = 15, warmup: int = 2) -> floa
 def interleaved(fns: list[Callable[[], object]], reps: int = 15,
                 warmup: int = 2) -> list[float]:
     """Median time of each of ``fns``, measured round-robin (one call of each per round),
-    so that a slow phase of a shared machine hits every contender alike."""
+    so that a slow phase of a shared machine hits every contender alike. Each round
+    starts one contender further on: a call runs measurably faster or slower depending
+    on what ran just before it (caches, the allocator's free lists), and rotating gives
+    every contender every predecessor equally often."""
     for _ in range(warmup):
         for fn in fns:
             fn()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(reps):
-        for fn, bucket in zip(fns, times):
+    k = len(fns)
+    for r in range(reps):
+        for i in range(k):
+            j = (r + i) % k
             start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
+            fns[j]()
+            times[j].append(time.perf_counter() - start)
     return [statistics.median(bucket) for bucket in times]
 
 
@@ -161,7 +166,7 @@ def mlp() -> list[Row]:
                 lambda p=params, x=x, y=y: w.numpy_mlp_step(p, x, y),
                 lambda e=inline, f=fetches, d=feeds: e.run(f, d),
                 lambda e=thr, f=fetches, d=feeds: e.run(f, d),
-            ], reps=20)
+            ], reps=30)
         for kind, limit, t in (("inline", 1.03, ours[0]), ("threads", 1.05, ours[1])):
             rows.append(Row(f"MLP 784-512-512-10 {np.dtype(dtype).name}", kind, t * 1e3,
                             "numpy hand backprop", numpy_time * 1e3, "ms", f"<= {limit}x",

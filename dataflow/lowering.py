@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from scheduler.spec import TaskSpec
 
 from .graph import Node
@@ -25,4 +27,31 @@ def task_spec(node: Node) -> TaskSpec:
 
         return TaskSpec(None, (), node.name, op.name, check_feed=check_feed)
     cost_key = (op.name, tuple(p.shape for p in node.inputs), node.dtype.char)
-    return TaskSpec(op.kernel(), node.inputs, node.name, op.name, cost_key=cost_key)
+    kernel = op.kernel()
+    return TaskSpec(kernel, node.inputs, node.name, op.name, cost_key=cost_key,
+                    reusable=reusable_inputs(node, kernel))
+
+
+def reusable_inputs(node: Node, kernel: Any) -> tuple[int, ...]:
+    """The inputs whose buffer ``kernel`` (a one-output numpy ufunc) may write ``node``'s
+    value into: same dtype, and a shape that is the output's whatever the unknown dims
+    turn out to be. An input's unknown dim is safe only where every other input has no
+    such dim or a 1 (else the other could be the larger one at run time)."""
+    if not isinstance(kernel, np.ufunc) or kernel.nout != 1:
+        return ()
+    out_shape = node.shape
+    found = []
+    for i, candidate in enumerate(node.inputs):
+        if candidate.dtype != node.dtype or candidate.shape != out_shape:
+            continue
+        safe = True
+        for j, other in enumerate(node.inputs):
+            if j == i:
+                continue
+            offset = len(out_shape) - len(other.shape)
+            for axis, dim in enumerate(other.shape):
+                if dim != 1 and out_shape[offset + axis] is None:
+                    safe = False
+        if safe:
+            found.append(i)
+    return tuple(found)

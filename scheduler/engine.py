@@ -35,6 +35,7 @@ import asyncio
 import concurrent.futures as cf
 import heapq
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -357,12 +358,49 @@ def _walk(plan: Plan, values: list) -> None:
     """Run every task in the plan's order on this thread, freeing values as they die."""
     p = -1
     try:
-        for p, kernel, args, dies in plan.steps:
-            values[p] = kernel(*[values[a] for a in args])
+        for p, kernel, args, dies, donor in plan.steps:
+            if donor < 0:
+                values[p] = kernel(*[values[a] for a in args])
+            else:
+                values[p] = _call_reusing(kernel, values, args, donor)
             for d in dies:
                 values[d] = None
     except Exception as exc:
         raise NodeError(plan.names[p], plan.ops[p], exc) from exc
+
+
+def _sole_owner_refcount() -> int:
+    """What ``sys.getrefcount`` reports, in ``_call_reusing``'s situation, for an array
+    held by one local and one argument list only (interpreters count differently)."""
+    buf = np.empty(0)
+    argv = [buf]  # noqa: F841 - the second reference, as in _call_reusing
+    return sys.getrefcount(buf)
+
+
+_SOLE_OWNER_REFCOUNT = _sole_owner_refcount()
+
+
+def _call_reusing(kernel: Any, values: list, args: tuple[int, ...], donor: int) -> Any:
+    """``kernel(*args)``, written into the donor's buffer when that is safe: the donor
+    dies at this step, so the walk lets go of it first; then it must be an array that
+    owns its memory, held by nothing else (no view of it, no other value, no caller:
+    the reference count says so), C-contiguous like a fresh result, and every other
+    argument must be a C-contiguous array of its dtype (or a Python number), so that
+    the result has the same dtype and layout, and so the same bits, as a fresh one."""
+    argv = [values[a] for a in args]
+    buf = values[donor]
+    values[donor] = None
+    if (type(buf) is np.ndarray and buf.base is None
+            and sys.getrefcount(buf) == _SOLE_OWNER_REFCOUNT
+            and buf.flags.c_contiguous and buf.flags.writeable):
+        dtype = buf.dtype
+        for a in argv:
+            if a is buf or type(a) in (int, float):  # Python numbers adopt the array's dtype
+                continue
+            if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
+                return kernel(*argv)
+        return kernel(*argv, out=buf)
+    return kernel(*argv)
 
 
 def _timed_walk(plan: Plan, values: list, durations: dict[int, float],
@@ -377,9 +415,12 @@ def _timed_walk(plan: Plan, values: list, durations: dict[int, float],
     slow_once: dict = {}  # cost key -> the duration of its last task, which was slow
     p = -1
     try:
-        for i, (p, kernel, args, dies) in enumerate(plan.steps):
+        for i, (p, kernel, args, dies, donor) in enumerate(plan.steps):
             start = perf_counter()
-            values[p] = kernel(*[values[a] for a in args])
+            if donor < 0:
+                values[p] = kernel(*[values[a] for a in args])
+            else:
+                values[p] = _call_reusing(kernel, values, args, donor)
             seconds = durations[p] = perf_counter() - start
             for d in dies:
                 values[d] = None

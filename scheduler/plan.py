@@ -120,10 +120,13 @@ class Plan:
             if not keep[q]:
                 dies_after[p].append(q)
         self.dies_after: list[tuple[int, ...]] = [tuple(d) if d else () for d in dies_after]
-        #: (position, kernel, argument positions, positions freed afterwards) in order
+        #: (position, kernel, argument positions, positions freed afterwards, donor) in
+        #: order; the donor is the position of an argument whose buffer the kernel may
+        #: write its result into (it dies at this step and is computed, not fed), or -1
         kernels, args_, dies_ = self.kernels, self.args, self.dies_after
-        self.steps: list[tuple[int, Callable[..., Any], tuple[int, ...], tuple[int, ...]]] = [
-            (p, kernels[p], args_[p], dies_[p]) for p in compute
+        self.steps: list[tuple[int, Callable[..., Any], tuple[int, ...], tuple[int, ...], int]] = [
+            (p, kernels[p], args_[p], dies_[p], _donor(specs[p], args_[p], dies_[p], is_source))
+            for p in compute
         ]
 
         #: learned duration per position (seconds), None until measured, and how many
@@ -231,6 +234,17 @@ class Plan:
         handoffs = sum(self.expensive)
         overhead = DRIVER_SECONDS_PER_TASK * len(self.compute) + HANDOFF_SECONDS * handoffs
         return sequential - parallel - overhead - MIN_PARALLEL_GAIN * sequential
+
+
+def _donor(spec: TaskSpec, args: tuple[int, ...], dies: tuple[int, ...],
+           is_source: list[bool]) -> int:
+    """The first of the spec's reusable arguments that dies at this step and was
+    computed by the plan (a fed or literal value belongs to the caller), else -1."""
+    for i in spec.reusable:
+        q = args[i]
+        if q in dies and not is_source[q]:
+            return q
+    return -1
 
 
 def _memory_order(plan: Plan) -> list[int]:

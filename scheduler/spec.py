@@ -34,6 +34,11 @@ class TaskSpec(NamedTuple):
       or ``TypeError`` with a message); ``None`` accepts anything.
     - ``cost_key`` groups tasks whose durations are alike (same op, same shapes), so
       the cost model can guess a task's duration before it has run once.
+    - ``reusable`` lists the indices of args whose buffer the kernel may write its
+      result into, called as ``kernel(*args, out=that_arg)`` (a numpy ufunc): the
+      arg has the result's shape and dtype. The engine does so only when that value
+      dies at this task and nothing else holds it (TensorFlow forwards input buffers
+      to outputs alike); the result is the same, bit for bit, minus an allocation.
     """
 
     kernel: Callable[..., Any] | None
@@ -43,3 +48,4 @@ class TaskSpec(NamedTuple):
     value: Any = NO_VALUE
     cost_key: Hashable = None
     check_feed: Callable[[Any], Any] | None = None
+    reusable: tuple[int, ...] = ()

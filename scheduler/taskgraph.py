@@ -452,7 +452,7 @@ class TaskGraphSource:
                 op, cost_key = _describe_func(func)
                 # tuple.__new__ skips the named tuple's Python-level constructor: this
                 # line runs once per task of every graph that scheduler.get compiles.
-                return _new_tuple(TaskSpec, (func, args, name, op, NO_VALUE, cost_key, None))
+                return _new_tuple(TaskSpec, (func, args, name, op, NO_VALUE, cost_key, None, ()))
             args = value[1:]
             comp = _Compiler(tasks, dt)
             kernel = _call_kernel(func, [comp.arg(a) for a in args])
