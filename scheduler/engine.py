@@ -19,6 +19,13 @@ tiny numpy op less than one, so tiny tasks never leave the driving thread and on
 heavy ones go to the pool, two per worker at most, so that the priority still decides
 what starts next. Literals and fed values are available at the start.
 
+A task sent to a thread pool in a plain run takes its chain along: the tasks that can
+only run right after it, one after another (each the single consumer of the one before
+and waiting for nothing else). They run in the same pool job and pass
+``ready -> running`` with it, which saves a hand-off per task and keeps a worker on the
+branch whose data its caches hold; the pool's first-in-first-out queue then hands out
+whole branches, which also keeps parallel branches ending together.
+
 Which driver a run gets (``Engine._dispatch``): the ``inline`` executor, and a plan whose
 estimated parallel gain does not pay for the pooled driver, walk the plan's order on
 the calling thread with no per-task bookkeeping beyond freeing dead values; learning
@@ -50,6 +57,7 @@ from .direct import DirectWalk, scan, walk
 from .errors import FeedError, NodeError, NumericsError
 from .executors import (
     EXECUTOR_NAMES,
+    call_chain,
     call_timed,
     default_workers,
     inside_kernel,
@@ -462,6 +470,12 @@ class _Run:
         self.running: dict[int, None] = {}  # the positions in flight, in submission order
         self.finished = 0
         self.done = bytearray(len(plan))
+        #: tasks already handed to the pool as part of a chain (see ``_chain_from``)
+        self.claimed = bytearray(len(plan))
+        #: whether pooled tasks may take their chain along: thread pools, and only in
+        #: plain runs (callbacks and numerics checks see every task finish on its own)
+        self.fuse = isinstance(pool, cf.ThreadPoolExecutor) and not callbacks and \
+            not engine.check_numerics
         self.durations: dict[int, float] = {}  # of tasks run on the driving thread
         self.pooled_durations: dict[int, float] = {}  # of tasks run in the pool
         self.slow_once: dict = {}  # cost key -> the duration of its last task, if slow
@@ -496,6 +510,8 @@ class _Run:
 
     # -- transitions ---------------------------------------------------------------------
     def _make_ready(self, p: int) -> None:
+        if self.claimed[p]:  # it runs in the pool with the rest of its chain
+            return
         if self.inline:
             heapq.heappush(self.cheap, p)
             return
@@ -574,8 +590,11 @@ class _Run:
             cb.pretask(self.info, p)
         args = tuple(values[a] for a in plan.args[p])
         put = self.completions.put
+        chain = self._chain_from(p) if self.fuse else None
         try:
-            if isinstance(self.pool, cf.ProcessPoolExecutor):  # large arrays via shared memory
+            if chain is not None:
+                future = self.pool.submit(call_chain, self._chain_steps(chain, args))
+            elif isinstance(self.pool, cf.ProcessPoolExecutor):  # large arrays via shared memory
                 future = submit_shared(self.pool, plan.kernels[p], args)
             else:
                 future = self.pool.submit(call_timed, plan.kernels[p], args)
@@ -584,10 +603,51 @@ class _Run:
                 self.error = self._pool_error(p, exc, started=False)
             return
         self.in_flight += 1
-        self.running[p] = None
-        future.add_done_callback(lambda f, p=p: put((p, f)))
+        if chain is None:
+            self.running[p] = None
+            future.add_done_callback(lambda f, p=p: put((p, f)))
+            return
+        for q in chain:
+            self.running[q] = None
+            self.claimed[q] = 1
+        future.add_done_callback(lambda f, c=tuple(chain): put((c, f)))
 
-    def _complete(self, p: int, future: cf.Future) -> None:
+    def _chain_from(self, p: int) -> list[int] | None:
+        """``p`` and the tasks that can only run right after it, one after another: each
+        the single consumer of the one before, whose other arguments are all available
+        already (literals, feeds). Running them in the same pool job saves a hand-off
+        per task and keeps the worker on the branch it has in its caches; nothing could
+        have run in parallel with them anyway. A fetched value ends a chain."""
+        plan = self.plan
+        children, keep, pending = plan.children, plan.keep, self.pending
+        chain = [p]
+        while True:
+            nxt = children[p]
+            if len(nxt) != 1 or keep[p]:
+                break
+            c = nxt[0]
+            if pending[c] != 1 or plan.is_source[c]:
+                break
+            chain.append(c)
+            p = c
+        return chain if len(chain) > 1 else None
+
+    def _chain_steps(self, chain: list[int], first_args: tuple) -> list[tuple]:
+        """``call_chain``'s steps: each task's kernel, its arguments, and where the value
+        of the task before it goes among them."""
+        plan, values = self.plan, self.values
+        steps = [(plan.kernels[chain[0]], first_args, ())]
+        for before, q in zip(chain, chain[1:]):
+            args = plan.args[q]
+            slots = tuple(i for i, a in enumerate(args) if a == before)
+            steps.append((plan.kernels[q], tuple(None if a == before else values[a] for a in args),
+                          slots))
+        return steps
+
+    def _complete(self, p: Any, future: cf.Future) -> None:
+        if type(p) is tuple:
+            self._complete_chain(p, future)
+            return
         self.in_flight -= 1
         try:
             value, start, end, worker = future.result()
@@ -602,6 +662,26 @@ class _Run:
                 self._finish(p, value, start, end, worker)
             except Exception as exc:  # a callback or the numerics check, not the node
                 self.error = (-1, exc)
+
+    def _complete_chain(self, chain: tuple[int, ...], future: cf.Future) -> None:
+        """Finish the tasks of a chain that ran, in order; the first that raised is the
+        run's error, and the tasks after it never ran."""
+        self.in_flight -= 1
+        try:
+            results, failed, worker = future.result()
+        except BaseException as exc:  # noqa: BLE001 - the pool itself failed
+            if self.error is None:
+                self.error = self._pool_error(chain[0], exc, started=True)
+            for q in chain:
+                self.running.pop(q, None)
+            return
+        for q in chain:
+            del self.running[q]
+        for q, (value, start, end) in zip(chain, results):
+            if self.error is None:
+                self._finish(q, value, start, end, worker)
+        if failed is not None and self.error is None:
+            self.error = (chain[failed[0]], failed[1])
 
     def _pool_error(self, p: int, exc: BaseException, started: bool) -> tuple[int, BaseException]:
         """The error to report when task ``p`` failed in (or was refused by) the pool.

@@ -41,6 +41,31 @@ def call_timed(kernel: Any, args: tuple) -> tuple[Any, float, float, str]:
     return value, start, end, worker_name()
 
 
+def call_chain(steps: list[tuple]) -> tuple[list[tuple[Any, float, float]], tuple | None, str]:
+    """Run a chain of kernels in a worker, each taking the value of the one before it
+    at its ``slots``: ``(kernel, args, slots)`` per step. Reports each step's
+    ``(value, start, end)`` up to the first that raised, that step's index and error
+    (or None), and the worker's name. Values a later step has consumed are reported
+    as None, so that they die as soon as they are used."""
+    results: list[tuple[Any, float, float]] = []
+    previous: Any = None
+    for i, (kernel, args, slots) in enumerate(steps):
+        if slots:
+            args = list(args)
+            for j in slots:
+                args[j] = previous
+            if results:
+                value, start, end = results[-1]
+                results[-1] = (None, start, end)
+        try:
+            previous, start, end, _ = call_timed(kernel, args)
+        except Exception as exc:  # noqa: BLE001 - reported as that step's node error
+            return results, (i, exc), worker_name()
+        args = None
+        results.append((previous, start, end))
+    return results, None, worker_name()
+
+
 def call_timed_shared(kernel: Any, call: shared_arrays.SharedCall) -> tuple[Any, float, float, str]:
     """``call_timed`` in a process pool's worker, large arrays crossing as shared memory:
     the arguments of ``call`` are mapped read-only, a large array result goes back as a
