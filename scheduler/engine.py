@@ -67,7 +67,7 @@ from .executors import (
     worker_name,
 )
 from .plan import DEFAULT_INLINE_THRESHOLD, Plan, gc_paused
-from .spec import TaskSpec
+from .spec import REUSE_MIN_BYTES, TaskSpec
 
 # Every LEARN_EVERY-th run of an all-cheap plan is timed, so that a task whose cost
 # grows (a larger feed) is noticed; the runs in between pay no timing at all.
@@ -194,6 +194,13 @@ class Engine:
 
     def plan(self, keys: list, feeds: Mapping) -> Plan:
         """The cached plan for these fetch keys and fed keys (compiled on first use)."""
+        cache_key = (tuple(keys), frozenset(feeds))
+        with self._lock:
+            plan = self._plans.get(cache_key)
+            if plan is not None:
+                self._plans.move_to_end(cache_key)
+                return plan
+        # Checked once per plan: a cached plan's fed keys passed these checks.
         graph = getattr(keys[0], "graph", None) if keys else None
         for key in feeds:
             if not hasattr(key, "__task__"):
@@ -201,12 +208,6 @@ class Engine:
             if getattr(key, "graph", None) is not graph:
                 raise FeedError(f"feed {getattr(key, 'name', key)!r} belongs to another graph "
                                 "than the fetches")
-        cache_key = (tuple(keys), frozenset(feeds))
-        with self._lock:
-            plan = self._plans.get(cache_key)
-            if plan is not None:
-                self._plans.move_to_end(cache_key)
-                return plan
         plan = _compile(keys, list(feeds), self.simplify)
         plan.workers = self.workers
         plan.seed_estimates(self._costs, self.inline_threshold)
@@ -367,10 +368,17 @@ def _walk(plan: Plan, values: list) -> None:
     p = -1
     try:
         for p, kernel, args, dies, donor in plan.steps:
-            if donor < 0:
-                values[p] = kernel(*[values[a] for a in args])
-            else:
+            # Most kernels take one or two arguments: calling them without building an
+            # argument list (a list comprehension is a frame of its own) is this loop's
+            # main saving.
+            if donor >= 0:
                 values[p] = _call_reusing(kernel, values, args, donor)
+            elif len(args) == 1:
+                values[p] = kernel(values[args[0]])
+            elif len(args) == 2:
+                values[p] = kernel(values[args[0]], values[args[1]])
+            else:
+                values[p] = kernel(*[values[a] for a in args])
             for d in dies:
                 values[d] = None
     except Exception as exc:
@@ -398,7 +406,7 @@ def _call_reusing(kernel: Any, values: list, args: tuple[int, ...], donor: int) 
     argv = [values[a] for a in args]
     buf = values[donor]
     values[donor] = None
-    if (type(buf) is np.ndarray and buf.base is None
+    if (type(buf) is np.ndarray and buf.nbytes >= REUSE_MIN_BYTES and buf.base is None
             and sys.getrefcount(buf) == _SOLE_OWNER_REFCOUNT
             and buf.flags.c_contiguous and buf.flags.writeable):
         dtype = buf.dtype

@@ -23,6 +23,11 @@ class _NoValue:
 
 NO_VALUE: Any = _NoValue()
 
+#: The engine reuses an input's buffer only from this size on: below it, a fresh result
+#: costs less than checking whether the buffer is free (numpy elides temporaries from
+#: the same size on). Sources need not mark smaller outputs ``reusable`` at all.
+REUSE_MIN_BYTES = 256 * 1024
+
 
 class TaskSpec(NamedTuple):
     """One task: ``kernel(*values_of(deps))``, a literal ``value``, or a value to be fed.

@@ -1,6 +1,7 @@
 """Buffer reuse: an elementwise op writes its result into an input that dies at it
 (``TaskSpec.reusable``, ``scheduler.engine._call_reusing``). It must never be seen:
-the same bits as a fresh result, and no value that anyone still holds is overwritten."""
+the same bits as a fresh result, and no value that anyone still holds is overwritten.
+Arrays here are over ``REUSE_MIN_BYTES``, under which buffers are never reused."""
 
 from __future__ import annotations
 
@@ -47,9 +48,9 @@ def run_without_reuse(fetches, feeds):
 def test_a_dying_fresh_value_is_written_in_place():
     forward = Fresh()
     with df.Graph():
-        x = df.placeholder("x", (1000,))
+        x = df.placeholder("x", (40_000,))
         y = df.tanh(fresh_op(forward)(x) + 1.0)
-    feeds = {x: np.linspace(-1, 1, 1000)}
+    feeds = {x: np.linspace(-1, 1, 40_000)}
     out = run_inline(y, feeds)
     assert forward.last() is out  # add and tanh both wrote into fresh's buffer
     assert np.array_equal(out, np.tanh(2 * feeds[x] + 1.0))
@@ -58,7 +59,7 @@ def test_a_dying_fresh_value_is_written_in_place():
 def test_feeds_fetches_views_and_held_values_are_never_overwritten():
     held = Fresh(keep=True)
     with df.Graph():
-        x = df.placeholder("x", (4, 3))
+        x = df.placeholder("x", (256, 160))
         fed_sum = x + 1.0  # x is fed: the caller's array
         a = fresh_op(Fresh())(x)
         fetched_twice = a * 3.0  # a is also fetched below
@@ -68,7 +69,7 @@ def test_feeds_fetches_views_and_held_values_are_never_overwritten():
         late = df.matmul(view, x)
         kept = fresh_op(held)(x)
         after_kept = kept - 1.0  # the op kept its result
-    value = np.arange(12.0).reshape(4, 3)
+    value = np.arange(256 * 160.0).reshape(256, 160)
     feeds = {x: value.copy()}
     fetches = [fed_sum, a, fetched_twice, through_view, late, after_kept]
     got = run_inline(fetches, feeds)
@@ -82,22 +83,25 @@ def test_feeds_fetches_views_and_held_values_are_never_overwritten():
 
 def test_mixed_dtypes_and_layouts_fall_back_to_a_fresh_result():
     with df.Graph():
-        x = df.placeholder("x", (3, 3), np.float32)
+        x = df.placeholder("x", (256, 260), np.float32)
         f = fresh_op(Fresh())(x)
         fortran = df.custom_op("fortran", lambda v: np.asfortranarray(v * 1))(x)
         y = f + fortran  # the other operand is F-ordered: the result must be C, fresh
-    feeds = {x: np.arange(9, dtype=np.float32).reshape(3, 3)}
+    feeds = {x: np.arange(256 * 260, dtype=np.float32).reshape(256, 260)}
     out = run_inline(y, feeds)
     assert np.array_equal(out, 3 * feeds[x]) and out.dtype == np.float32
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_mlp_step_is_bitwise_the_same_with_and_without_reuse(dtype):
-    model = df.models.build_mlp((20, 16, 16, 5), dtype=dtype, batch=8)
+    model = df.models.build_mlp((300, 300, 300, 10), dtype=dtype, batch=256)
     rng = np.random.default_rng(1)
-    feeds = model.feeds(model.init_params(), rng.standard_normal((8, 20)).astype(dtype),
-                        rng.integers(0, 5, 8))
+    feeds = model.feeds(model.init_params(), rng.standard_normal((256, 300)).astype(dtype),
+                        rng.integers(0, 10, 256))
     fetches = [model.loss, *model.grads]
+    with scheduler.Engine("inline") as engine:
+        donors = [step[4] for step in engine.plan(fetches, feeds).steps if step[4] >= 0]
+    assert len(donors) >= 6  # the biases' adds, the tanhs and the backward multiplies
     reused, fresh = run_inline(fetches, feeds), run_without_reuse(fetches, feeds)
     for a, b in zip(reused, fresh):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
@@ -111,14 +115,14 @@ BINARY = [df.add, df.subtract, df.multiply, df.divide, df.maximum, df.minimum]
 def test_every_reusable_op_gives_the_bits_of_a_fresh_result(dtype):
     rng = np.random.default_rng(0)
     with df.Graph():
-        x = df.placeholder("x", (64, 33), dtype)
-        r = df.placeholder("r", (33,), dtype)
+        x = df.placeholder("x", (256, 257), dtype)
+        r = df.placeholder("r", (257,), dtype)
         outs = [op(fresh_op(Fresh())(x)) for op in UNARY]
         outs += [op(fresh_op(Fresh())(x), r) for op in BINARY]
         outs += [op(r, fresh_op(Fresh())(x)) for op in BINARY]
         outs += [op(fresh_op(Fresh())(x), 0.37) for op in BINARY]
-    feeds = {x: rng.uniform(0.1, 2.0, (64, 33)).astype(dtype),
-             r: rng.uniform(0.1, 2.0, 33).astype(dtype)}
+    feeds = {x: rng.uniform(0.1, 2.0, (256, 257)).astype(dtype),
+             r: rng.uniform(0.1, 2.0, 257).astype(dtype)}
     for a, b in zip(run_inline(outs, feeds), run_without_reuse(outs, feeds)):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
@@ -126,16 +130,18 @@ def test_every_reusable_op_gives_the_bits_of_a_fresh_result(dtype):
 def test_reusable_inputs_follow_shapes_dtypes_and_unknown_dims():
     with df.Graph():
         big = df.placeholder("big", (None, 4))
-        row = df.placeholder("row", (4,))
+        row = df.placeholder("row", (40_000,))
         other = df.placeholder("other", (None, 4))
         one = df.placeholder("one", (1, 4))
-        small = df.placeholder("small", (4,), np.float32)
+        small = df.placeholder("small", (40_000,), np.float32)
+        tiny = df.placeholder("tiny", (4,))
         cases = {
-            "broadcast row": (big + row, (0,)),
+            "broadcast row": (big + tiny, (0,)),
             "unknown dims on both sides": (big * other, ()),
             "a 1 broadcasts": (big - one, (0,)),
             "dtype differs": (row + small, (0,)),
             "same shapes, static": (row * row, (0, 1)),
+            "too small to be worth it": (tiny * tiny, ()),
         }
     for what, (node, expected) in cases.items():
         assert reusable_inputs(node, node.op.kernel()) == expected, what
