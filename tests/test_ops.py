@@ -757,3 +757,19 @@ def test_subclass_with_default_infer_and_no_bprop() -> None:
 def test_op_names_are_unique_in_the_registry() -> None:
     with pytest.raises(df.GraphError, match=re.escape("'add'")):
         type("MyAdd", (df.Op,), {"name": "add", "__module__": __name__})
+
+
+def test_view_ops_take_what_a_user_op_returns() -> None:
+    # Built-in transpose and reshape kernels are C-level array methods; after a user op,
+    # which may return a plain list, the nodes run their numpy-function forward instead.
+    as_list = df.custom_op("as_list", lambda x: x.tolist(),
+                           shape_rule=lambda x: (x.shape, x.dtype))
+    with df.Graph():
+        x = df.placeholder("x", (2, 3))
+        listed = as_list(x)
+        outs = [df.transpose(listed), df.reshape(listed, (3, 2)), df.transpose(x)]
+    value = np.arange(6.0).reshape(2, 3)
+    for kind in ("inline", "threads"):
+        t, r, tx = scheduler.run(outs, {x: value}, executor=kind)
+        assert np.array_equal(t, value.T) and np.array_equal(r, value.reshape(3, 2))
+        assert np.array_equal(tx, value.T)
