@@ -210,7 +210,7 @@ def parallel() -> list[Row]:
             lambda: dask.threaded.get(dsk, out, num_workers=2),
             lambda: inline.get(dsk, out),
             lambda: thr.get(dsk, out),
-        ], reps=9, warmup=1)
+        ], reps=15, warmup=2)
     speedup = ours_inline / ours_thr
     dask_speedup = sequential_dask / dask_thr
     return [Row("16 branches x 4 matmuls 384^2", "threads(2) speedup over inline", speedup,

@@ -5,6 +5,8 @@ unpickle the ops."""
 from __future__ import annotations
 
 import os
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import dataflow as df
@@ -28,3 +30,25 @@ class ExitWorker(df.Op):
 
     def forward(self, x):
         os._exit(3)
+
+
+class Blob:
+    """A value whose live instances are counted (``Blob.live``): for tests of when the
+    engine lets values die."""
+
+    live: weakref.WeakSet = weakref.WeakSet()
+
+    def __init__(self) -> None:
+        Blob.live.add(self)
+
+
+def blob_kernel() -> tuple[Callable[..., Blob], list[int]]:
+    """A kernel that makes a new ``Blob`` from any parents, and a one-item list holding
+    the most blobs that were alive when it was called."""
+    high = [0]
+
+    def grow(*parents: Any) -> Blob:
+        high[0] = max(high[0], len(Blob.live))
+        return Blob()
+
+    return grow, high

@@ -7,10 +7,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 import time
-import weakref
 
 import numpy as np
 import pytest
+from engines import Blob, blob_kernel
 
 import scheduler
 
@@ -86,20 +86,8 @@ def test_a_failure_inside_a_chain_names_its_node_and_stops_the_chain():
     assert ran == ["c0"]
 
 
-class Blob:
-    live: weakref.WeakSet = weakref.WeakSet()
-
-    def __init__(self):
-        Blob.live.add(self)
-
-
 def test_a_chain_lets_each_value_die_once_the_next_task_has_it():
-    high = [0]
-
-    def grow(parent=None):
-        high[0] = max(high[0], len(Blob.live))
-        return Blob()
-
+    grow, high = blob_kernel()
     tasks = {"x0": (grow,)}
     for i in range(1, 50):
         tasks[f"x{i}"] = (grow, f"x{i - 1}")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import random
 import threading
 import time
-import weakref
 from operator import add
 
 import pytest
+from engines import Blob, blob_kernel
 from test_taskgraph import LEGACY_GRAPHS, evaluate
 
 import scheduler
@@ -103,19 +103,8 @@ def test_kernels_run_in_the_plans_order(seed):
     assert [k for k in plan.keys if k in set(direct_calls)] == direct_calls
 
 
-class Blob:
-    live: weakref.WeakSet = weakref.WeakSet()
-
-    def __init__(self):
-        Blob.live.add(self)
-
-
 def test_values_are_freed_after_their_last_consumer():
-    high = [0]
-
-    def grow(*parents):
-        high[0] = max(high[0], len(Blob.live))
-        return Blob()
+    grow, high = blob_kernel()
 
     # A chain with a skip connection every 10 steps: at most 3 values alive at once.
     tasks: dict = {"b0": (grow,)}
