@@ -12,7 +12,14 @@ It knows nothing about derivatives; ``dataflow`` uses it to run graphs.
 
 from .callbacks import Callback, RunInfo, TaskRecord
 from .engine import Engine, get, run
-from .errors import CycleError, FeedError, NodeError, NumericsError, SchedulerError
+from .errors import (
+    CycleError,
+    FeedError,
+    NodeError,
+    NumericsError,
+    RunCancelled,
+    SchedulerError,
+)
 from .plan import Plan
 from .profiler import NodeRecord, Profiler, RunProfile
 from .progress import ProgressBar, progress
@@ -20,7 +27,8 @@ from .spec import NO_VALUE, TaskSpec
 
 __all__ = [
     "Callback", "CycleError", "Engine", "FeedError", "NO_VALUE", "NodeError", "NodeRecord",
-    "NumericsError", "Plan", "Profiler", "ProgressBar", "RunInfo", "RunProfile", "SchedulerError",
+    "NumericsError", "Plan", "Profiler", "ProgressBar", "RunCancelled", "RunInfo", "RunProfile",
+    "SchedulerError",
     "TaskRecord", "TaskSpec", "get", "progress", "run",
 ]
 

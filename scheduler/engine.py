@@ -54,7 +54,7 @@ import numpy as np
 
 from .callbacks import Callback, RunInfo, TaskRecord
 from .direct import DirectWalk, scan, walk
-from .errors import FeedError, NodeError, NumericsError
+from .errors import FeedError, NodeError, NumericsError, RunCancelled
 from .executors import (
     EXECUTOR_NAMES,
     call_chain,
@@ -72,6 +72,8 @@ from .spec import REUSE_MIN_BYTES, TaskSpec
 # Every LEARN_EVERY-th run of an all-cheap plan is timed, so that a task whose cost
 # grows (a larger feed) is noticed; the runs in between pay no timing at all.
 LEARN_EVERY = 32
+# How often a cancellable run that waits on the pool looks at its cancel flag.
+CANCEL_POLL_SECONDS = 0.02
 IN_FLIGHT_PER_WORKER = 2
 
 
@@ -164,20 +166,31 @@ class Engine:
             callbacks: Iterable[Callback] = ()) -> Any:
         """Compute ``fetches`` (a node, a list/tuple of nodes, or a dict of them) and
         return their values in the same structure, as numpy arrays."""
+        return self._run(fetches, feeds, timeout, callbacks, None)
+
+    def _run(self, fetches: Any, feeds: Mapping | None, timeout: float | None,
+             callbacks: Iterable[Callback], cancel: threading.Event | None) -> Any:
         keys, pack = _flatten_fetches(fetches)
         feeds = dict(feeds or {})
         plan = self.plan(keys, feeds)
-        values = self.execute(plan, feeds, timeout=timeout, callbacks=callbacks)
+        values = self.execute(plan, feeds, timeout=timeout, callbacks=callbacks, cancel=cancel)
         return pack([_as_array(v) for v in values])
 
     async def run_async(self, fetches: Any, feeds: Mapping | None = None, *,
                         timeout: float | None = None, callbacks: Iterable[Callback] = ()) -> Any:
         """``run`` from inside an event loop. The run is driven from a coordinator thread
-        and its kernels run there or in the pool, never on the loop, which stays free."""
+        and its kernels run there or in the pool, never on the loop, which stays free.
+        Cancelling the awaiting task stops the run: no node starts afterwards (the nodes
+        running then finish in the background, as after a timeout)."""
         loop = asyncio.get_running_loop()
         coordinators = self._coordinators()
-        return await loop.run_in_executor(
-            coordinators, lambda: self.run(fetches, feeds, timeout=timeout, callbacks=callbacks))
+        cancel = threading.Event()
+        try:
+            return await loop.run_in_executor(
+                coordinators, lambda: self._run(fetches, feeds, timeout, callbacks, cancel))
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
 
     def _coordinators(self) -> cf.ThreadPoolExecutor:
         with self._lock:
@@ -219,9 +232,11 @@ class Engine:
 
     # -- running a compiled plan ---------------------------------------------------------
     def execute(self, plan: Plan, feeds: Mapping, *, timeout: float | None = None,
-                callbacks: Iterable[Callback] = ()) -> list[Any]:
+                callbacks: Iterable[Callback] = (),
+                cancel: threading.Event | None = None) -> list[Any]:
         """Run ``plan`` with ``feeds`` (keyed like the plan's keys) and return the
-        fetched values in the plan's fetch order."""
+        fetched values in the plan's fetch order. Once ``cancel`` is set (from another
+        thread), no node starts and the run raises ``RunCancelled``."""
         if self._closed:
             raise RuntimeError("this engine is closed")
         values = list(plan.template)
@@ -239,7 +254,7 @@ class Engine:
             # A cluster runs the whole plan as one graph of its own (dask_executor.py).
             return self._pool().run_plan(plan, values, deadline=deadline, callbacks=cbs,
                                          check_numerics=self.check_numerics)
-        plain = not cbs and not self.check_numerics and deadline is None
+        plain = not cbs and not self.check_numerics and deadline is None and cancel is None
         reentrant = inside_kernel()
         sequential = self.kind == "inline" or reentrant
         learn = not sequential and (plan.runs < 2 or plan.runs % LEARN_EVERY == 0)
@@ -249,17 +264,18 @@ class Engine:
         # whose measured cost it inflates run after run. Reference counting still frees
         # every value on time.
         with gc_paused():
-            self._dispatch(plan, values, cbs, deadline, plain, sequential, learn)
+            self._dispatch(plan, values, cbs, deadline, cancel, plain, sequential, learn)
         return [values[p] for p in plan.fetch_positions]
 
     def _dispatch(self, plan: Plan, values: list, cbs: tuple, deadline: float | None,
-                  plain: bool, sequential: bool, learn: bool) -> None:
+                  cancel: threading.Event | None, plain: bool, sequential: bool,
+                  learn: bool) -> None:
         """Choose the driver for this run (see the module docstring)."""
         if sequential:
             if plain:
                 _walk(plan, values)
             else:
-                _Run(self, plan, values, None, cbs, deadline, True).drive()
+                _Run(self, plan, values, None, cbs, deadline, True, cancel=cancel).drive()
         elif plain and learn and self.inline_threshold > 0 and not plan.use_pool:
             # Timed on the driving thread alone: a task timed in the pool also counts
             # the time it waited for the GIL, which would keep it "expensive" forever.
@@ -269,7 +285,7 @@ class Engine:
         elif plain and not plan.use_pool:
             _walk(plan, values)
         else:
-            _Run(self, plan, values, self._pool(), cbs, deadline, False).drive()
+            _Run(self, plan, values, self._pool(), cbs, deadline, False, cancel=cancel).drive()
 
     def _learning_walk(self, plan: Plan, values: list) -> None:
         """Walk the plan on this thread like ``_walk``, timing every task. Once a cost key
@@ -460,8 +476,9 @@ class _Run:
 
     def __init__(self, engine: Engine, plan: Plan, values: list, pool: Any,
                  callbacks: tuple[Callback, ...], deadline: float | None, inline: bool,
-                 finished: Iterable[int] = ()):
+                 finished: Iterable[int] = (), cancel: threading.Event | None = None):
         self.engine = engine
+        self.cancel = cancel
         self.plan = plan
         self.values = values
         self.pool = pool
@@ -484,6 +501,9 @@ class _Run:
         #: plain runs (callbacks and numerics checks see every task finish on its own)
         self.fuse = isinstance(pool, cf.ThreadPoolExecutor) and not callbacks and \
             not engine.check_numerics
+        #: set when the run stops (an error, a timeout, a cancel, or its end): a chain
+        #: in the pool then starts none of its remaining tasks
+        self.stop = threading.Event()
         self.durations: dict[int, float] = {}  # of tasks run on the driving thread
         self.pooled_durations: dict[int, float] = {}  # of tasks run in the pool
         self.slow_once: dict = {}  # cost key -> the duration of its last task, if slow
@@ -601,7 +621,7 @@ class _Run:
         chain = self._chain_from(p) if self.fuse else None
         try:
             if chain is not None:
-                future = self.pool.submit(call_chain, self._chain_steps(chain, args))
+                future = self.pool.submit(call_chain, self._chain_steps(chain, args), self.stop)
             elif isinstance(self.pool, cf.ProcessPoolExecutor):  # large arrays via shared memory
                 future = submit_shared(self.pool, plan.kernels[p], args)
             else:
@@ -685,6 +705,8 @@ class _Run:
             return
         for q in chain:
             del self.running[q]
+        # A chain told to stop reports fewer results: its other tasks never ran, and
+        # the run is ending with an error.
         for q, (value, start, end) in zip(chain, results):
             if self.error is None:
                 self._finish(q, value, start, end, worker)
@@ -732,6 +754,7 @@ class _Run:
             failure = exc
             raise
         finally:
+            self.stop.set()
             _finish_callbacks(self.callbacks, self.info, failure)
 
     def _loop(self) -> None:
@@ -742,7 +765,9 @@ class _Run:
         depth = IN_FLIGHT_PER_WORKER * self.engine.workers
         completions = self.completions
         while True:
-            if self.error is None:
+            if self.error is not None:
+                self.stop.set()  # chains in flight start nothing more
+            else:
                 while self.costly and self.in_flight < depth and self.error is None:
                     try:
                         self._submit(heapq.heappop(self.costly))
@@ -766,17 +791,27 @@ class _Run:
             wait = None
             if self.deadline is not None and self.error is None:
                 wait = max(self.deadline - time.perf_counter(), 0.0)
+            if self.cancel is not None and self.error is None:
+                # Look at the cancel flag between completions too: a run waiting on long
+                # nodes stops within CANCEL_POLL_SECONDS of it being set.
+                wait = CANCEL_POLL_SECONDS if wait is None else min(wait, CANCEL_POLL_SECONDS)
             try:
                 item = completions.get(timeout=wait)
             except queue.Empty:
-                self._raise_timeout()
+                self._check_deadline()
+                continue
             self._complete(*item)
         if self.error is None and self.finished < len(plan.compute):
             raise RuntimeError("the run stopped with tasks left unfinished (an engine bug)")
 
     def _check_deadline(self) -> None:
+        """Raise if the run timed out or was cancelled (the nodes in flight, if any,
+        finish in the background; their values are dropped)."""
         if self.deadline is not None and time.perf_counter() > self.deadline:
             self._raise_timeout()
+        if self.cancel is not None and self.cancel.is_set():
+            unfinished = sum(1 for p in self.plan.compute if not self.done[p])
+            raise RunCancelled(f"run cancelled with {unfinished} unfinished nodes")
 
     def _raise_timeout(self) -> None:
         plan = self.plan

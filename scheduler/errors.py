@@ -26,6 +26,11 @@ class FeedError(SchedulerError, ValueError):
     """A feed is missing, unknown, ill-shaped or ill-typed. Raised before any task runs."""
 
 
+class RunCancelled(SchedulerError):
+    """The run was cancelled (``Engine.execute(cancel=...)``, or a cancelled
+    ``run_async``); no node started after that."""
+
+
 class CycleError(SchedulerError, ValueError):
     """The task graph has a cycle; ``path`` lists the keys around it."""
 

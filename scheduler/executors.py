@@ -41,15 +41,19 @@ def call_timed(kernel: Any, args: tuple) -> tuple[Any, float, float, str]:
     return value, start, end, worker_name()
 
 
-def call_chain(steps: list[tuple]) -> tuple[list[tuple[Any, float, float]], tuple | None, str]:
+def call_chain(steps: list[tuple], stop: threading.Event
+               ) -> tuple[list[tuple[Any, float, float]], tuple | None, str]:
     """Run a chain of kernels in a worker, each taking the value of the one before it
     at its ``slots``: ``(kernel, args, slots)`` per step. Reports each step's
     ``(value, start, end)`` up to the first that raised, that step's index and error
     (or None), and the worker's name. Values a later step has consumed are reported
-    as None, so that they die as soon as they are used."""
+    as None, so that they die as soon as they are used. Once ``stop`` is set (the run
+    failed, timed out or was cancelled), no further step starts."""
     results: list[tuple[Any, float, float]] = []
     previous: Any = None
     for i, (kernel, args, slots) in enumerate(steps):
+        if i and stop.is_set():
+            break
         if slots:
             args = list(args)
             for j in slots:

@@ -124,3 +124,29 @@ def test_profiled_runs_see_every_task_finish_on_its_own():
     with scheduler.Engine("threads", workers=2, inline_threshold=0) as engine:
         engine.get(tasks, "total", callbacks=[profiler])
     assert {r.name for r in profiler.records} >= {f"b{b}_{i}" for b in range(2) for i in range(3)}
+
+
+def test_a_chain_starts_nothing_more_once_the_run_has_failed():
+    started: list[str] = []
+
+    def slow(key):
+        def kernel(v):
+            started.append(key)
+            time.sleep(0.05)
+            return v
+        return kernel
+
+    def fail_soon(v):
+        time.sleep(0.01)
+        raise RuntimeError("elsewhere")
+
+    tasks = {"a": 1, "bad": (fail_soon, "a")}
+    prev = "a"
+    for i in range(6):
+        tasks[f"c{i}"] = (slow(f"c{i}"), prev)
+        prev = f"c{i}"
+    tasks["out"] = (lambda *v: v, "bad", prev)
+    with scheduler.Engine("threads", workers=2, inline_threshold=0) as engine:
+        with pytest.raises(scheduler.NodeError, match="'bad'"):
+            engine.get(tasks, "out")
+    assert len(started) <= 2  # the chain's first task, and perhaps the one running then
