@@ -166,3 +166,34 @@ def parallel_graph() -> tuple[dict, str]:
             k += 1
         layer_keys = nxt
     return dsk, layer_keys[0]
+
+
+def raw_branch_speedup(reps: int = 9) -> float:
+    """What this machine gives two threads on the same work with no scheduler at all:
+    each branch's 4 matmuls as one job of a 2-thread pool, against the same loop on one
+    thread (median of ``reps`` round-robin rounds). Shared memory bandwidth and caches
+    keep it under 2; it is the ceiling of the parallel row."""
+    import statistics
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    r = np.random.default_rng(0)
+    ms = [r.standard_normal((PAR_N, PAR_N)) / np.sqrt(PAR_N) for _ in range(PAR_BRANCHES)]
+
+    def branch(b: int) -> np.ndarray:
+        x = ms[b]
+        for _ in range(PAR_LAYERS):
+            x = mm(x, ms[b])
+        return x
+
+    one, two = [], []
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(branch, range(PAR_BRANCHES)))
+        for _ in range(reps):
+            start = time.perf_counter()
+            [branch(b) for b in range(PAR_BRANCHES)]
+            one.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            list(pool.map(branch, range(PAR_BRANCHES)))
+            two.append(time.perf_counter() - start)
+    return statistics.median(one) / statistics.median(two)
