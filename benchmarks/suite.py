@@ -8,12 +8,17 @@ adds and both sides of every ratio run the same kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
 import statistics
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -274,7 +279,28 @@ def machine() -> str:
 
 
 def run(sections: list[str] | None = None) -> list[Row]:
+    """The rows of ``sections`` (default: all). One section runs in this process; several
+    run each in a fresh interpreter, so that none measures the state another left
+    behind: after the trivial-task section's large dicts, for instance, two threads
+    allocating matrices fault pages in a grown heap and the parallel speedup of every
+    contender, the machine's own ceiling included, drops by 5-10%."""
+    names = sections or list(SECTIONS)
+    if len(names) == 1:
+        return SECTIONS[names[0]]()
     rows: list[Row] = []
-    for name in sections or list(SECTIONS):
-        rows += SECTIONS[name]()
+    for name in names:
+        rows += run_isolated(name)
     return rows
+
+
+def run_isolated(name: str) -> list[Row]:
+    """Run one section in a fresh ``python -m benchmarks --json``, which prints its rows
+    as JSON; its errors go to this process's stderr."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--json", name], cwd=root,
+                          stdout=subprocess.PIPE, text=True, check=True)
+    return [Row(**fields) for fields in json.loads(done.stdout)]
+
+
+def rows_to_json(rows: list[Row]) -> str:
+    return json.dumps([dataclasses.asdict(r) for r in rows])

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from scheduler.plan import gc_paused
+
 from .errors import GradientError, GraphError, ShapeError
 from .graph import Node
 from .ops import add_n, cast, constant, ones_like, reshape, stack, zeros_like
@@ -71,6 +73,16 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
         if node.graph is not graph:
             raise GraphError(f"gradients: node {node.name!r} belongs to graph {node.graph.name!r}, "
                              f"not {graph.name!r}")
+    # Every node made here lives as long as the graph: the cyclic collector would
+    # rescan the growing graph many times for nothing (a third of the time on a
+    # 100,000-node chain, and the time would no longer grow linearly).
+    with gc_paused():
+        return _backprop(y_list, x_list, grad_ys, unconnected, checkpoints)
+
+
+def _backprop(y_list: list[Node], x_list: list[Node], grad_ys: Any, unconnected: str,
+              checkpoints: Any) -> list[Node | None]:
+    """Algorithm 6.5/6.6 proper: the gradient nodes of ``gradients``."""
     seeds = _seed_gradients(y_list, grad_ys)
     recompute = None
     if checkpoints is not None:
