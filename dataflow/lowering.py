@@ -34,8 +34,7 @@ def task_spec(node: Node) -> TaskSpec:
 
         return TaskSpec(None, (), node.name, op.name, check_feed=check_feed)
     cost_key = (op.name, tuple(p.shape for p in node.inputs), node.dtype.char)
-    numpy_inputs = all(i.op.builtin for i in node.inputs)
-    kernel = op.kernel() if numpy_inputs or not op.kernel_takes_numpy_only else op.forward
+    kernel = op.kernel()
     return TaskSpec(kernel, node.inputs, node.name, op.name, cost_key=cost_key,
                     reusable=reusable_inputs(node, kernel))
 

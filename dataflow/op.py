@@ -57,11 +57,6 @@ class Op:
     attr_names: ClassVar[tuple[str, ...]] = ()
     #: True for the ops this package ships; only these may be loaded from graph files.
     builtin: ClassVar[bool] = False
-    #: True when ``kernel()`` takes numpy values only (an ndarray or a numpy scalar), as
-    #: a C-level method call does: built-in ops, feeds and constants always give those.
-    #: A node whose input comes from a user-defined op (whose forward may return a list
-    #: or a float) runs ``forward`` instead, which takes whatever numpy takes.
-    kernel_takes_numpy_only: ClassVar[bool] = False
     #: True when ``bprop`` never gives any input a gradient (stop_gradient, masks,
     #: comparisons): ``gradients`` then does not walk past the op at all, so an op
     #: without a bprop upstream of it (``f(stop_gradient(x))``) is never asked for one.

@@ -254,7 +254,7 @@ class Engine:
             # A cluster runs the whole plan as one graph of its own (dask_executor.py).
             return self._pool().run_plan(plan, values, deadline=deadline, callbacks=cbs,
                                          check_numerics=self.check_numerics)
-        plain = not cbs and not self.check_numerics and deadline is None and cancel is None
+        plain = not cbs and not self.check_numerics and deadline is None
         reentrant = inside_kernel()
         sequential = self.kind == "inline" or reentrant
         learn = not sequential and (plan.runs < 2 or plan.runs % LEARN_EVERY == 0)
@@ -273,7 +273,7 @@ class Engine:
         """Choose the driver for this run (see the module docstring)."""
         if sequential:
             if plain:
-                _walk(plan, values)
+                _walk(plan, values, cancel)
             else:
                 _Run(self, plan, values, None, cbs, deadline, True, cancel=cancel).drive()
         elif plain and learn and self.inline_threshold > 0 and not plan.use_pool:
@@ -281,21 +281,21 @@ class Engine:
             # the time it waited for the GIL, which would keep it "expensive" forever.
             # (A plan already worth the pool learns in the pooled driver: its inline
             # tasks are timed there, and pool timings may lower estimates.)
-            self._learning_walk(plan, values)
+            self._learning_walk(plan, values, cancel)
         elif plain and not plan.use_pool:
-            _walk(plan, values)
+            _walk(plan, values, cancel)
         else:
             _Run(self, plan, values, self._pool(), cbs, deadline, False, cancel=cancel).drive()
 
-    def _learning_walk(self, plan: Plan, values: list) -> None:
+    def _learning_walk(self, plan: Plan, values: list, cancel: threading.Event | None) -> None:
         """Walk the plan on this thread like ``_walk``, timing every task. Once a cost key
         proves expensive (twice), hand the rest of the run to the pooled driver, so that
         a first run of a graph of unknown tasks is both cheap and parallel where it counts."""
         durations: dict[int, float] = {}
-        done = _timed_walk(plan, values, durations, self._costs, self.inline_threshold)
+        done = _timed_walk(plan, values, durations, self._costs, self.inline_threshold, cancel)
         if done < len(plan.steps):
             run = _Run(self, plan, values, self._pool(), (), None, False,
-                       finished=plan.compute[:done])
+                       finished=plan.compute[:done], cancel=cancel)
             run.durations = durations
             run.drive()
         else:
@@ -379,11 +379,11 @@ def _compile(keys: list, fed: list, rewrite: bool) -> Plan:
     return plan
 
 
-def _walk(plan: Plan, values: list) -> None:
+def _walk(plan: Plan, values: list, cancel: threading.Event | None = None) -> None:
     """Run every task in the plan's order on this thread, freeing values as they die."""
     p = -1
     try:
-        for p, kernel, args, dies, donor in plan.steps:
+        for p, kernel, args, dies, donor in _steps(plan, cancel):
             # Most kernels take one or two arguments: calling them without building an
             # argument list (a list comprehension is a frame of its own) is this loop's
             # main saving.
@@ -397,8 +397,25 @@ def _walk(plan: Plan, values: list) -> None:
                 values[p] = kernel(*[values[a] for a in args])
             for d in dies:
                 values[d] = None
+    except RunCancelled:
+        raise
     except Exception as exc:
         raise NodeError(plan.names[p], plan.ops[p], exc) from exc
+
+
+def _steps(plan: Plan, cancel: threading.Event | None) -> Any:
+    """The plan's steps, for a walk; with ``cancel``, a walk that raises ``RunCancelled``
+    before the first step after the event is set (an uncancellable walk pays nothing)."""
+    if cancel is None:
+        return plan.steps
+    return _until_cancelled(plan.steps, cancel)
+
+
+def _until_cancelled(steps: list, cancel: threading.Event) -> Any:
+    for i, step in enumerate(steps):
+        if cancel.is_set():
+            raise RunCancelled(f"run cancelled with {len(steps) - i} unfinished nodes")
+        yield step
 
 
 def _sole_owner_refcount() -> int:
@@ -426,8 +443,9 @@ def _call_reusing(kernel: Any, values: list, args: tuple[int, ...], donor: int) 
             and sys.getrefcount(buf) == _SOLE_OWNER_REFCOUNT
             and buf.flags.c_contiguous and buf.flags.writeable):
         dtype = buf.dtype
+        numbers = (int, float) if dtype.kind in "fc" else ()
         for a in argv:
-            if a is buf or type(a) in (int, float):  # Python numbers adopt the array's dtype
+            if a is buf or type(a) in numbers:  # they adopt a float array's dtype
                 continue
             if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
                 return kernel(*argv)
@@ -436,7 +454,8 @@ def _call_reusing(kernel: Any, values: list, args: tuple[int, ...], donor: int) 
 
 
 def _timed_walk(plan: Plan, values: list, durations: dict[int, float],
-                costs: dict[Hashable, float], threshold: float) -> int:
+                costs: dict[Hashable, float], threshold: float,
+                cancel: threading.Event | None = None) -> int:
     """``_walk`` that records each task's duration and stops after the task that
     confirms a cost key as expensive (the second slow task of that key in a row: a fast
     one in between means the first was a pause, GC or preemption, not the task).
@@ -447,7 +466,7 @@ def _timed_walk(plan: Plan, values: list, durations: dict[int, float],
     slow_once: dict = {}  # cost key -> the duration of its last task, which was slow
     p = -1
     try:
-        for i, (p, kernel, args, dies, donor) in enumerate(plan.steps):
+        for i, (p, kernel, args, dies, donor) in enumerate(_steps(plan, cancel)):
             start = perf_counter()
             if donor < 0:
                 values[p] = kernel(*[values[a] for a in args])
@@ -466,6 +485,8 @@ def _timed_walk(plan: Plan, values: list, durations: dict[int, float],
                 slow_once[key] = seconds
             elif slow_once:
                 slow_once.pop(cost_keys[p], None)
+    except RunCancelled:
+        raise
     except Exception as exc:
         raise NodeError(plan.names[p], plan.ops[p], exc) from exc
     return len(plan.steps)
@@ -492,7 +513,8 @@ class _Run:
         self.cheap: list[int] = []
         self.costly: list[int] = []
         self.in_flight = 0
-        self.running: dict[int, None] = {}  # the positions in flight, in submission order
+        #: the positions in flight, in submission order, and their futures
+        self.running: dict[int, cf.Future] = {}
         self.finished = 0
         self.done = bytearray(len(plan))
         #: tasks already handed to the pool as part of a chain (see ``_chain_from``)
@@ -632,11 +654,11 @@ class _Run:
             return
         self.in_flight += 1
         if chain is None:
-            self.running[p] = None
+            self.running[p] = future
             future.add_done_callback(lambda f, p=p: put((p, f)))
             return
         for q in chain:
-            self.running[q] = None
+            self.running[q] = future
             self.claimed[q] = 1
         future.add_done_callback(lambda f, c=tuple(chain): put((c, f)))
 
@@ -755,6 +777,9 @@ class _Run:
             raise
         finally:
             self.stop.set()
+            # A timeout or a cancel leaves tasks in flight: those not started yet never will.
+            for future in self.running.values():
+                future.cancel()
             _finish_callbacks(self.callbacks, self.info, failure)
 
     def _loop(self) -> None:
@@ -764,10 +789,13 @@ class _Run:
         # would decide priorities too early.
         depth = IN_FLIGHT_PER_WORKER * self.engine.workers
         completions = self.completions
+        watched = self.deadline is not None or self.cancel is not None
         while True:
             if self.error is not None:
                 self.stop.set()  # chains in flight start nothing more
             else:
+                if watched:  # also between completions that keep arriving
+                    self._check_deadline()
                 while self.costly and self.in_flight < depth and self.error is None:
                     try:
                         self._submit(heapq.heappop(self.costly))

@@ -52,7 +52,7 @@ def call_chain(steps: list[tuple], stop: threading.Event
     results: list[tuple[Any, float, float]] = []
     previous: Any = None
     for i, (kernel, args, slots) in enumerate(steps):
-        if i and stop.is_set():
+        if stop.is_set():
             break
         if slots:
             args = list(args)
@@ -63,7 +63,7 @@ def call_chain(steps: list[tuple], stop: threading.Event
                 results[-1] = (None, start, end)
         try:
             previous, start, end, _ = call_timed(kernel, args)
-        except Exception as exc:  # noqa: BLE001 - reported as that step's node error
+        except BaseException as exc:  # noqa: BLE001 - reported as that step's node error
             return results, (i, exc), worker_name()
         args = None
         results.append((previous, start, end))

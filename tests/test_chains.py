@@ -150,3 +150,17 @@ def test_a_chain_starts_nothing_more_once_the_run_has_failed():
         with pytest.raises(scheduler.NodeError, match="'bad'"):
             engine.get(tasks, "out")
     assert len(started) <= 2  # the chain's first task, and perhaps the one running then
+
+
+class Interrupted(BaseException):
+    """Not an Exception: what a kernel interrupted from outside raises."""
+
+
+def test_a_base_exception_inside_a_chain_names_the_task_that_raised():
+    def interrupted(v):
+        raise Interrupted("stop")
+
+    tasks = {"a": (abs, -1), "b": (abs, "a"), "c": (interrupted, "b"), "d": (abs, "c")}
+    with scheduler.Engine("threads", workers=2, inline_threshold=0) as engine:
+        with pytest.raises(scheduler.NodeError, match=r"'c' \(op interrupted\)"):
+            engine.get(tasks, "d")

@@ -27,6 +27,7 @@ from engines import ExitWorker, make_engine
 import dataflow as df
 import scheduler
 from scheduler import Callback, NodeError
+from scheduler.taskgraph import TaskGraphSource
 
 PROMPT = 3.0  # seconds: what "returns promptly" means here, on a loaded 2-core machine
 STRESS = os.environ.get("STRESS", "") not in ("", "0")  # `make stress`: more rounds, more timings
@@ -512,3 +513,44 @@ def test_close_while_the_first_run_is_starting_its_pool(monkeypatch):
     # The engine is still referenced: a pool it started must be shut down by close().
     alive = [t.name for t in threading.enumerate() if t.name.startswith("dataflow-")]
     assert not alive, f"close() left the pool of a racing run behind: {alive}"
+
+
+@pytest.mark.parametrize("kind", ["inline", "threads", "threads-all-pooled"])
+def test_a_cancel_set_before_the_run_starts_no_node(kind):
+    with df.Graph():
+        x = df.placeholder("x", ())
+        out = df.add_n([sleep(x, 0.01, name=f"never{i}") for i in range(6)])
+    cancel = threading.Event()
+    cancel.set()
+    with make_engine(kind) as engine:
+        warm(engine)
+        before = len(STARTED)
+        with pytest.raises(scheduler.RunCancelled):
+            engine.execute(engine.plan([out], {x: 0.0}), {x: 0.0}, cancel=cancel)
+        assert STARTED[before:] == []
+
+
+def test_a_cancel_stops_a_pool_that_keeps_completing_tasks():
+    # Completions arriving faster than the cancel poll must not keep the run going;
+    # tasks queued in the pool when it stops never start.
+    ran: list[float] = []
+
+    def work(i):
+        time.sleep(0.005)
+        ran.append(time.perf_counter())
+        return i
+
+    tasks = {f"t{i}": (work, i) for i in range(300)}
+    tasks["out"] = (sum, [f"t{i}" for i in range(300)])
+    cancel = threading.Event()
+    with scheduler.Engine("threads", workers=2, inline_threshold=0) as engine:
+        plan = scheduler.Plan(["out"], [], TaskGraphSource(tasks).spec)
+        plan.workers = engine.workers
+        timer = threading.Timer(0.1, cancel.set)
+        timer.start()
+        with pytest.raises(scheduler.RunCancelled):
+            engine.execute(plan, {}, cancel=cancel)
+        cancelled_at = time.perf_counter()
+        timer.join()
+    assert len(ran) < 150
+    assert sum(1 for t in ran if t > cancelled_at + 0.02) == 0

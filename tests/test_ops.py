@@ -760,16 +760,22 @@ def test_op_names_are_unique_in_the_registry() -> None:
 
 
 def test_view_ops_take_what_a_user_op_returns() -> None:
-    # Built-in transpose and reshape kernels are C-level array methods; after a user op,
-    # which may return a plain list, the nodes run their numpy-function forward instead.
+    # A user op may return a plain list, and built-in ops that pass values through
+    # (stop_gradient, after) or a fed intermediate node hand it on as it is.
     as_list = df.custom_op("as_list", lambda x: x.tolist(),
                            shape_rule=lambda x: (x.shape, x.dtype))
     with df.Graph():
         x = df.placeholder("x", (2, 3))
         listed = as_list(x)
-        outs = [df.transpose(listed), df.reshape(listed, (3, 2)), df.transpose(x)]
+        passed = df.stop_gradient(listed)
+        doubled = x * 2.0
+        outs = [df.transpose(listed), df.reshape(listed, (3, 2)), df.transpose(passed),
+                df.reshape(passed, (3, 2)), df.transpose(doubled), df.transpose(x)]
     value = np.arange(6.0).reshape(2, 3)
     for kind in ("inline", "threads"):
-        t, r, tx = scheduler.run(outs, {x: value}, executor=kind)
-        assert np.array_equal(t, value.T) and np.array_equal(r, value.reshape(3, 2))
-        assert np.array_equal(tx, value.T)
+        with scheduler.Engine(kind, simplify=False) as engine:
+            got = engine.run(outs, {x: value, doubled: (2 * value).tolist()})
+        expected = [value.T, value.reshape(3, 2), value.T, value.reshape(3, 2),
+                    (2 * value).T, value.T]
+        for a, b in zip(got, expected, strict=True):
+            assert np.array_equal(a, b)
