@@ -34,9 +34,15 @@ def task_spec(node: Node) -> TaskSpec:
 
         return TaskSpec(None, (), node.name, op.name, check_feed=check_feed)
     cost_key = (op.name, tuple(p.shape for p in node.inputs), node.dtype.char)
-    kernel = op.kernel()
+    numpy_inputs = all(i.op.returns_numpy and i.op.builtin for i in node.inputs)
+    kernel = op.kernel() if numpy_inputs or not op.kernel_takes_numpy_only else op.forward
     return TaskSpec(kernel, node.inputs, node.name, op.name, cost_key=cost_key,
-                    reusable=reusable_inputs(node, kernel))
+                    check_feed=_numpy_value, reusable=reusable_inputs(node, kernel))
+
+
+def _numpy_value(value: Any) -> Any:
+    """A value fed to a computed node, as numpy: the kernels after it may count on it."""
+    return value if isinstance(value, (np.ndarray, np.generic)) else np.asarray(value)
 
 
 def reusable_inputs(node: Node, kernel: Any) -> tuple[int, ...]:

@@ -57,6 +57,13 @@ class Op:
     attr_names: ClassVar[tuple[str, ...]] = ()
     #: True for the ops this package ships; only these may be loaded from graph files.
     builtin: ClassVar[bool] = False
+    #: True when the op's value is always a numpy array or numpy scalar, whatever numeric
+    #: values it is given (numpy functions and ufuncs, feeds, constants); not for ops
+    #: that hand a value on unchanged (stop_gradient) or user-defined ops.
+    returns_numpy: ClassVar[bool] = False
+    #: True when ``kernel()`` takes numpy values only (a C-level array method). Nodes
+    #: whose inputs do not all come from ``returns_numpy`` ops run ``forward`` instead.
+    kernel_takes_numpy_only: ClassVar[bool] = False
     #: True when ``bprop`` never gives any input a gradient (stop_gradient, masks,
     #: comparisons): ``gradients`` then does not walk past the op at all, so an op
     #: without a bprop upstream of it (``f(stop_gradient(x))``) is never asked for one.

@@ -768,14 +768,21 @@ def test_view_ops_take_what_a_user_op_returns() -> None:
         x = df.placeholder("x", (2, 3))
         listed = as_list(x)
         passed = df.stop_gradient(listed)
+        ordered = df.after(listed, x)
         doubled = x * 2.0
         outs = [df.transpose(listed), df.reshape(listed, (3, 2)), df.transpose(passed),
-                df.reshape(passed, (3, 2)), df.transpose(doubled), df.transpose(x)]
+                df.reshape(passed, (3, 2)), df.transpose(doubled), df.transpose(x),
+                df.transpose(ordered)]
+    from dataflow.lowering import task_spec
+
+    # After numpy-valued ops the C-level kernel runs; after the others, forward.
+    assert task_spec(outs[5]).kernel != outs[5].op.forward
+    assert all(task_spec(outs[i]).kernel == outs[i].op.forward for i in (0, 1, 2, 3, 6))
     value = np.arange(6.0).reshape(2, 3)
     for kind in ("inline", "threads"):
         with scheduler.Engine(kind, simplify=False) as engine:
             got = engine.run(outs, {x: value, doubled: (2 * value).tolist()})
         expected = [value.T, value.reshape(3, 2), value.T, value.reshape(3, 2),
-                    (2 * value).T, value.T]
+                    (2 * value).T, value.T, value.T]
         for a, b in zip(got, expected, strict=True):
             assert np.array_equal(a, b)

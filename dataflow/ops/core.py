@@ -17,6 +17,8 @@ from ..shapes import broadcast, fmt, is_known
 class Constant(Op):
     """A value fixed when the graph is built (stored read-only)."""
 
+    returns_numpy = True
+
     name = "constant"
     attr_names = ("value",)
 
@@ -50,6 +52,8 @@ def const_value(node: Node) -> np.ndarray | None:
 
 class Placeholder(Op):
     """An input fed at run time; ``None`` dims are unknown until then."""
+
+    returns_numpy = True  # check_feed makes every feed an array
 
     name = "placeholder"
     attr_names = ("shape", "dtype")

@@ -20,6 +20,7 @@ class Elementwise(Op):
     """An op computed by one numpy ufunc; subclasses set ``ufunc`` and ``bprop``."""
 
     ufunc: Any = None
+    returns_numpy = True
 
     def infer(self, *inputs):
         # The dtype numpy's ufunc gives (sin of an int is a float), found by probing.

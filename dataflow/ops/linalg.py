@@ -16,6 +16,7 @@ from .shape_ops import expand_dims, reshape_as, sum_to, swapaxes
 
 class Matmul(Op):
     name = "matmul"
+    returns_numpy = True
 
     def kernel(self):
         return _matmul

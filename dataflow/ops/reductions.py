@@ -18,6 +18,7 @@ from .shape_ops import broadcast_as, expand_dims
 class Reduction(Op):
     attr_names = ("axis", "keepdims")
     reducer: Any = None
+    returns_numpy = True
 
     def infer(self, x):
         axes = normalize_axes(self.name, self.axis, len(x.shape))

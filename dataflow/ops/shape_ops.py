@@ -9,6 +9,7 @@ carry it as an attribute; when it has unknown dims they take the node as an extr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter, methodcaller
 from typing import Any
 
 import numpy as np
@@ -134,8 +135,16 @@ class Reshape(Op):
             raise ShapeError(f"{self.name}: cannot reshape {fmt(x.shape)} to {fmt(tuple(target))}")
         return tuple(target), x.dtype
 
+    returns_numpy = kernel_takes_numpy_only = True
+
     def forward(self, x, ref=None):
         return np.reshape(x, _target(self, ref))
+
+    def kernel(self):
+        # x.reshape(shape) called from C: np.reshape adds two Python frames per call.
+        if self.shape is None:  # the shape of another input, read at run time
+            return self.forward
+        return methodcaller("reshape", tuple(self.shape))
 
     def bprop(self, inputs, output, grad, wanted):
         return (reshape_as(grad, inputs[0]),) + (None,) * (len(inputs) - 1)
@@ -166,8 +175,16 @@ class Transpose(Op):
                              f"{fmt(x.shape)}")
         return tuple(x.shape[a] for a in axes), x.dtype
 
+    returns_numpy = kernel_takes_numpy_only = True
+
     def forward(self, x):
         return np.transpose(x, self.axes)
+
+    def kernel(self):
+        # x.T or x.transpose(axes) called from C: np.transpose adds two Python frames.
+        if self.axes is None:
+            return attrgetter("T")
+        return methodcaller("transpose", tuple(self.axes))
 
     def bprop(self, inputs, output, grad, wanted):
         n = len(inputs[0].shape)
