@@ -786,3 +786,27 @@ def test_view_ops_take_what_a_user_op_returns() -> None:
                     (2 * value).T, value.T, value.T]
         for a, b in zip(got, expected, strict=True):
             assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int32])
+def test_mean_gives_the_bits_of_np_mean(dtype) -> None:
+    from dataflow.ops.reductions import Mean
+
+    x = (np.random.default_rng(0).standard_normal((3, 4, 5)) * 100).astype(dtype)
+    for axis in (None, 0, 1, 2, (0, 2), (0, 1, 2)):
+        for keepdims in (False, True):
+            got = Mean(axis=axis, keepdims=keepdims).forward(x)
+            expected = np.mean(x, axis=axis, keepdims=keepdims)
+            assert type(got) is type(expected) and np.shape(got) == np.shape(expected)
+            assert np.asarray(got).dtype == np.asarray(expected).dtype
+            assert np.asarray(got).tobytes() == np.asarray(expected).tobytes()
+
+
+def test_one_hot_of_integer_and_float_labels() -> None:
+    from dataflow.ops.nn import OneHot
+
+    for labels in ([0, 3, 1, 2], [[1, 0], [2, 2]], np.zeros(0, np.int64), [1.0, 2.0]):
+        for dtype in (np.float32, np.float64, np.bool_):
+            got = OneHot(depth=4, dtype=np.dtype(dtype)).forward(labels)
+            expected = (np.asarray(labels)[..., None] == np.arange(4)).astype(dtype)
+            assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()

@@ -129,6 +129,12 @@ class OneHot(Op):
         if labels.size and (labels.min() < 0 or labels.max() >= self.depth):
             raise ValueError(f"one_hot: labels must lie in [0, {self.depth}), "
                              f"got values in [{labels.min()}, {labels.max()}]")
+        if labels.dtype.kind in "iu" and labels.size:
+            # Set one entry per row of zeros: a comparison against every class and a
+            # cast make two more passes over the whole output.
+            out = np.zeros(labels.shape + (self.depth,), self.dtype)
+            out.reshape(-1, self.depth)[np.arange(labels.size), labels.reshape(-1)] = 1
+            return out
         return (labels[..., None] == np.arange(self.depth)).astype(self.dtype)
 
     def bprop(self, inputs, output, grad, wanted):
