@@ -146,9 +146,14 @@ def mm(a, b):
     return a @ b
 
 
-def parallel_graph() -> tuple[dict, str]:
+def parallel_matrices() -> list[np.ndarray]:
+    """The branches' matrices (seeded), shared by the graph and the machine's ceiling."""
     r = np.random.default_rng(0)
-    ms = [r.standard_normal((PAR_N, PAR_N)) / np.sqrt(PAR_N) for _ in range(PAR_BRANCHES)]
+    return [r.standard_normal((PAR_N, PAR_N)) / np.sqrt(PAR_N) for _ in range(PAR_BRANCHES)]
+
+
+def parallel_graph() -> tuple[dict, str]:
+    ms = parallel_matrices()
     dsk: dict = {}
     for b in range(PAR_BRANCHES):
         dsk[f"m{b}"] = ms[b]
@@ -177,8 +182,7 @@ def raw_branch_speedup(reps: int = 9) -> float:
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    r = np.random.default_rng(0)
-    ms = [r.standard_normal((PAR_N, PAR_N)) / np.sqrt(PAR_N) for _ in range(PAR_BRANCHES)]
+    ms = parallel_matrices()
 
     def branch(b: int) -> np.ndarray:
         x = ms[b]

@@ -675,8 +675,8 @@ class _Run:
             nxt = children[p]
             if len(nxt) != 1 or keep[p]:
                 break
-            c = nxt[0]
-            if pending[c] != 1 or plan.is_source[c]:
+            c = nxt[0]  # a child is always a computed task
+            if pending[c] != 1:
                 break
             chain.append(c)
             p = c
@@ -802,7 +802,6 @@ class _Run:
                     except Exception as exc:  # a pretask callback
                         self.error = (-1, exc)
                 if self.cheap and self.error is None:
-                    self._check_deadline()
                     try:
                         self._run_inline(heapq.heappop(self.cheap))
                     except Exception as exc:  # a callback or the numerics check
@@ -825,8 +824,7 @@ class _Run:
                 wait = CANCEL_POLL_SECONDS if wait is None else min(wait, CANCEL_POLL_SECONDS)
             try:
                 item = completions.get(timeout=wait)
-            except queue.Empty:
-                self._check_deadline()
+            except queue.Empty:  # the deadline or the cancel poll: checked at the top
                 continue
             self._complete(*item)
         if self.error is None and self.finished < len(plan.compute):

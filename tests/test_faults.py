@@ -297,6 +297,26 @@ def test_a_run_stops_when_its_cancel_event_is_set():
 
 # -- close() while a run is in flight -------------------------------------------------------
 
+def run_in_thread(engine: scheduler.Engine, out: df.Node, feeds: dict,
+                  use_async: bool = False) -> tuple[threading.Thread, list]:
+    """Start ``engine.run`` (or ``run_async`` on its own loop) in a thread; the list gets
+    the result or the exception once the run ends."""
+    outcome: list = []
+
+    def client() -> None:
+        try:
+            if use_async:
+                outcome.append(asyncio.run(engine.run_async(out, feeds)))
+            else:
+                outcome.append(engine.run(out, feeds))
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    return thread, outcome
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("delay", [0.0, 0.02, 0.1, 0.3, 0.6] if STRESS else [0.3])
 @pytest.mark.parametrize("kind", ["threads", "threads-all-pooled", "processes", "asyncio"])
@@ -307,19 +327,7 @@ def test_close_while_a_run_is_in_flight(kind, delay):
         out = df.add_n(branches)
     engine = make_engine(kind)
     warm(engine)
-    outcome: list = []
-
-    def client() -> None:
-        try:
-            if kind == "asyncio":
-                outcome.append(asyncio.run(engine.run_async(out, {x: 0.0})))
-            else:
-                outcome.append(engine.run(out, {x: 0.0}))
-        except BaseException as exc:  # noqa: BLE001
-            outcome.append(exc)
-
-    thread = threading.Thread(target=client)
-    thread.start()
+    thread, outcome = run_in_thread(engine, out, {x: 0.0}, use_async=kind == "asyncio")
     time.sleep(delay)
     start = time.perf_counter()
     engine.close()
@@ -494,16 +502,7 @@ def test_close_while_the_first_run_is_starting_its_pool(monkeypatch):
         x = df.placeholder("x", ())
         out = sleep(x, 0.01, name="only")
     engine = make_engine("threads-all-pooled")
-    outcome: list = []
-
-    def client() -> None:
-        try:
-            outcome.append(engine.run(out, {x: 0.0}))
-        except BaseException as exc:  # noqa: BLE001
-            outcome.append(exc)
-
-    thread = threading.Thread(target=client)
-    thread.start()
+    thread, outcome = run_in_thread(engine, out, {x: 0.0})
     assert creating.wait(10)
     engine.close()
     thread.join(PROMPT)
