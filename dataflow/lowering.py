@@ -37,7 +37,34 @@ def task_spec(node: Node) -> TaskSpec:
     numpy_inputs = all(i.op.returns_numpy and i.op.builtin for i in node.inputs)
     kernel = op.kernel() if numpy_inputs or not op.kernel_takes_numpy_only else op.forward
     return TaskSpec(kernel, node.inputs, node.name, op.name, cost_key=cost_key,
-                    check_feed=_numpy_value, reusable=reusable_inputs(node, kernel))
+                    check_feed=_numpy_value, reusable=reusable_inputs(node, kernel),
+                    cost_hint=cost_hint(node))
+
+
+# What the static cost hint charges besides the op's arithmetic: the fixed cost of a
+# numpy call, and moving each byte read or written through memory (a few GB/s).
+SECONDS_PER_CALL = 1e-6
+SECONDS_PER_BYTE = 0.25e-9
+
+
+def cost_hint(node: Node) -> float | None:
+    """A guess of ``node``'s run time in seconds from its static shapes, as TensorFlow's
+    cost model guesses from flops and bytes: ``Op.flops`` at the op's
+    ``flops_per_second``, plus the bytes its inputs and output move, plus a call. It
+    only has to tell a 1 µs node from a 1 ms one, so that a large matmul is known to be
+    worth a thread hand-off before it ever ran. ``None`` (unknown: the engine presumes
+    it expensive) for ops users wrote, whose cost nothing tells, and for shapes with
+    unknown dimensions."""
+    op = node.op
+    if not op.builtin:
+        return None
+    shapes = [i.shape for i in node.inputs]
+    if None in node.shape or any(None in s for s in shapes):
+        return None
+    nbytes = sum(math.prod(i.shape) * i.dtype.itemsize for i in node.inputs)
+    nbytes += math.prod(node.shape) * node.dtype.itemsize
+    flops = op.flops(shapes, node.shape)
+    return SECONDS_PER_CALL + flops / op.flops_per_second + nbytes * SECONDS_PER_BYTE
 
 
 def _numpy_value(value: Any) -> Any:

@@ -38,6 +38,7 @@ Custom ops are code: graph files can only name built-in ops, never load user cod
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -106,6 +107,17 @@ class Op:
         """The callable the engine runs on input values. Ops override it to hand over a
         numpy function directly and save a Python call per node."""
         return self.forward
+
+    def flops(self, input_shapes: Sequence[tuple[int, ...]],
+              output_shape: tuple[int, ...]) -> float:
+        """Arithmetic operations one run of the op takes, for the engine's static cost
+        hint (see ``dataflow.lowering.cost_hint``). Default: one per element read or
+        written, as for elementwise ops, reductions and copies."""
+        return float(sum(math.prod(s) for s in input_shapes) + math.prod(output_shape))
+
+    #: the rate ``flops`` are done at, for the cost hint: plain numpy loops; BLAS-backed
+    #: ops are much faster per operation
+    flops_per_second: ClassVar[float] = 1e9
 
     # -- derived ------------------------------------------------------------------------
     @property

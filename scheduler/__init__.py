@@ -11,7 +11,7 @@ It knows nothing about derivatives; ``dataflow`` uses it to run graphs.
 """
 
 from .callbacks import Callback, RunInfo, TaskRecord
-from .engine import Engine, get, run
+from .engine import Engine, close_default_engines, default_engine, get, run
 from .errors import (
     CycleError,
     FeedError,
@@ -28,7 +28,7 @@ from .spec import NO_VALUE, TaskSpec
 __all__ = [
     "Callback", "CycleError", "Engine", "FeedError", "NO_VALUE", "NodeError", "NodeRecord",
     "NumericsError", "Plan", "Profiler", "ProgressBar", "RunCancelled", "RunInfo", "RunProfile",
-    "SchedulerError",
+    "SchedulerError", "close_default_engines", "default_engine",
     "TaskRecord", "TaskSpec", "get", "progress", "run",
 ]
 

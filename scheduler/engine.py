@@ -4,20 +4,33 @@ State machine of one run (``_Run`` is the single owner of every transition; pool
 workers only run a kernel and report ``(value, start, end, worker)`` back)::
 
     waiting --(last computed parent finished: pending count hits 0)--> ready
-    ready   --(cheap: the driving thread runs it inline)-------------> finished
-    ready   --(expensive, and fewer than 2 x workers in flight)------> running
+    ready   --(known cheap: the driving thread runs it inline)-------> finished
+    ready   --(unknown or expensive, a pool slot free)----------------> running
+    ready   --(unknown or expensive, the pool full)-------------------> held (stays ready)
     running --(its worker reported back)-----------------------------> finished
     finished --(its last consumer finished, and it is not fetched)---> released
+
+Where a ready task runs is decided in one place, ``placement.py``; the rules:
+
+- the ``inline`` executor (and a run re-entered from inside a kernel) runs everything
+  on the driving thread;
+- executors that isolate (``processes``, ``dask``, a ``ProcessPoolExecutor``) never run
+  a user kernel on the caller; only literals, feeds and the engine's pass-throughs;
+- elsewhere only tasks *known* to be cheap (measured, or hinted from shapes, below the
+  inline threshold) run on the driving thread; a task of unknown cost is presumed
+  expensive and goes to the pool, so a first call of unknown tasks is parallel;
+- a run with a deadline or a cancel event never runs an unknown or expensive task on
+  the driving thread, so it can raise on time.
 
 ``pending[p]`` counts the computed parents ``p`` still waits for (Kahn's algorithm);
 ``consumers_left[p]`` counts the children that have not finished yet. Ready tasks wait
 in two heaps ordered by the plan's priority (its position: a depth-first order, made
-memory-aware for cached plans, see ``plan.py``). Whether a task is cheap or expensive
-comes from a cost model learned from measured durations, per task and per cost key
-(TensorFlow's executor does the same): a thread hand-off costs tens of microseconds, a
-tiny numpy op less than one, so tiny tasks never leave the driving thread and only
-heavy ones go to the pool, two per worker at most, so that the priority still decides
-what starts next. Literals and fed values are available at the start.
+memory-aware for cached plans, see ``plan.py``). Costs are learned from measured
+durations, per task and per cost key (TensorFlow's executor does the same): a thread
+hand-off costs tens of microseconds, a tiny numpy op less than one, so tiny tasks never
+leave the driving thread and heavy ones go to the pool, two per worker at most, so that
+the priority still decides what starts next. Literals and fed values are available at
+the start.
 
 A task sent to a thread pool in a plain run takes its chain along: the tasks that can
 only run right after it, one after another (each the single consumer of the one before
@@ -26,21 +39,26 @@ and waiting for nothing else). They run in the same pool job and pass
 branch whose data its caches hold; the pool's first-in-first-out queue then hands out
 whole branches, which also keeps parallel branches ending together.
 
-Which driver a run gets (``Engine._dispatch``): the ``inline`` executor, and a plan whose
-estimated parallel gain does not pay for the pooled driver, walk the plan's order on
-the calling thread with no per-task bookkeeping beyond freeing dead values; learning
-runs walk it timing every task and hand over to the pooled driver once a kind of task
-proves expensive; everything else (callbacks, timeouts, numerics checks, plans worth a
-pool) goes through ``_Run``.
+Which driver a run gets (``Engine._dispatch``): the ``inline`` executor walks the plan's
+order on the calling thread; so does a plain run (no callbacks, deadline, cancel event
+or numerics check) of a plan whose every task has a known cost and whose estimated
+parallel gain does not pay for the pool, with no per-task bookkeeping beyond freeing
+dead values (its learning runs time every task and hand over to the pooled driver once
+a kind of task proves expensive); everything else goes through ``_Run``.
 
 On the first error nothing new starts, the tasks in flight are drained, and the error
-is raised as ``NodeError`` (TensorFlow's ``NodeDone``).
+is raised as ``NodeError`` (TensorFlow's ``NodeDone``). ``timeout=`` raises
+``TimeoutError`` naming the running nodes as soon as the deadline passes (on the
+``inline`` executor, between two tasks); a run whose tasks all finished returns.
 """
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures as cf
+import contextlib
 import heapq
+import os
 import queue
 import sys
 import threading
@@ -66,6 +84,7 @@ from .executors import (
     submit_shared,
     worker_name,
 )
+from .placement import IN_FLIGHT_PER_WORKER, CostTable, Placement
 from .plan import DEFAULT_INLINE_THRESHOLD, Plan, gc_paused
 from .spec import REUSE_MIN_BYTES, TaskSpec
 
@@ -74,7 +93,9 @@ from .spec import REUSE_MIN_BYTES, TaskSpec
 LEARN_EVERY = 32
 # How often a cancellable run that waits on the pool looks at its cancel flag.
 CANCEL_POLL_SECONDS = 0.02
-IN_FLIGHT_PER_WORKER = 2
+# The longest single wait on the pool: a far deadline is waited for in such steps
+# (queue waits refuse timeouts beyond threading.TIMEOUT_MAX).
+MAX_WAIT_SECONDS = 3600.0
 
 
 def _spec_of_object(key: Hashable) -> TaskSpec:
@@ -114,20 +135,29 @@ class Engine:
         self.workers = workers or getattr(executor, "_max_workers", None) or default_workers()
         self.callbacks = tuple(callbacks)
         self.check_numerics = check_numerics
-        #: tasks measured (or, for their cost key, known) to take longer than this many
-        #: seconds go to the pool; the rest run on the driving thread. 0 sends all to the pool.
-        self.inline_threshold = float(inline_threshold)
+        #: where ready tasks run (see ``placement.py``)
+        self.placement = Placement(self.kind, float(inline_threshold), self._external)
         self._plans: OrderedDict[Hashable, Plan] = OrderedDict()
         self._plan_cache_size = plan_cache_size
         #: let the fetch objects rewrite their graph when a plan is compiled (their
         #: class's ``__plan_rewrite__``; for dataflow nodes, ``dataflow.simplify``)
         self.simplify = simplify
-        self._costs: dict[Hashable, float] = {}
+        self._costs = CostTable()
         self._direct_gets = 0  # plain gets that skipped compiling a plan (pooled kinds)
         self._lock = threading.Lock()
         self._owned: dict[str, Any] = {}  # pools this engine created: closed with it
         self._closed = False
         self._finalizer = weakref.finalize(self, _shutdown_pools, self._owned)
+
+    @property
+    def inline_threshold(self) -> float:
+        """Tasks known to take at most this many seconds run on the driving thread; the
+        rest, and those of unknown cost, go to the pool. 0 sends every task to the pool."""
+        return self.placement.threshold
+
+    @inline_threshold.setter
+    def inline_threshold(self, seconds: float) -> None:
+        self.placement.threshold = float(seconds)
 
     # -- lifecycle ---------------------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -249,7 +279,7 @@ class Engine:
                     raise FeedError(str(exc)) from None
             values[p] = value
         cbs = self.callbacks + tuple(callbacks)
-        deadline = None if timeout is None else time.perf_counter() + timeout
+        deadline = deadline_after(timeout)
         if self.kind == "dask" or hasattr(self._external, "run_plan"):
             # A cluster runs the whole plan as one graph of its own (dask_executor.py).
             return self._pool().run_plan(plan, values, deadline=deadline, callbacks=cbs,
@@ -270,33 +300,38 @@ class Engine:
     def _dispatch(self, plan: Plan, values: list, cbs: tuple, deadline: float | None,
                   cancel: threading.Event | None, plain: bool, sequential: bool,
                   learn: bool) -> None:
-        """Choose the driver for this run (see the module docstring)."""
+        """Choose the driver for this run (see the module docstring); the placement
+        policy says whether the plan may be walked on this thread. A cancellable walk
+        runs known-cheap tasks only, and checks the cancel event before each."""
         if sequential:
             if plain:
                 _walk(plan, values, cancel)
             else:
                 _Run(self, plan, values, None, cbs, deadline, True, cancel=cancel).drive()
-        elif plain and learn and self.inline_threshold > 0 and not plan.use_pool:
-            # Timed on the driving thread alone: a task timed in the pool also counts
-            # the time it waited for the GIL, which would keep it "expensive" forever.
-            # (A plan already worth the pool learns in the pooled driver: its inline
-            # tasks are timed there, and pool timings may lower estimates.)
-            self._learning_walk(plan, values, cancel)
-        elif plain and not plan.use_pool:
-            _walk(plan, values, cancel)
+        elif plain and self.placement.may_walk(plan) and (
+                cancel is None or not plan.any_expensive):
+            if learn and self.inline_threshold > 0:
+                # Timed on the driving thread alone: a task timed in the pool also
+                # counts the time it waited for the GIL.
+                self._learning_walk(plan, values, cancel)
+            else:
+                _walk(plan, values, cancel)
         else:
             _Run(self, plan, values, self._pool(), cbs, deadline, False, cancel=cancel).drive()
 
-    def _learning_walk(self, plan: Plan, values: list, cancel: threading.Event | None) -> None:
+    def _learning_walk(self, plan: Plan, values: list,
+                       cancel: threading.Event | None = None) -> None:
         """Walk the plan on this thread like ``_walk``, timing every task. Once a cost key
         proves expensive (twice), hand the rest of the run to the pooled driver, so that
-        a first run of a graph of unknown tasks is both cheap and parallel where it counts."""
+        a task that became slow (a larger feed) is noticed within the run."""
         durations: dict[int, float] = {}
-        done = _timed_walk(plan, values, durations, self._costs, self.inline_threshold, cancel)
+        done = _timed_walk(plan, values, durations, self._costs, self.inline_threshold,
+                           cancel)
         if done < len(plan.steps):
             run = _Run(self, plan, values, self._pool(), (), None, False,
                        finished=plan.compute[:done], cancel=cancel)
             run.durations = durations
+            run.relearned.add(plan.cost_keys[plan.compute[done - 1]])
             run.drive()
         else:
             plan.learn(durations, self._costs, self.inline_threshold)
@@ -334,30 +369,24 @@ class Engine:
 
     def _may_walk_directly(self) -> bool:
         """Whether a plain ``get`` may skip compiling a plan (``scheduler/direct.py``):
-        always for the inline executor; for a pool, only when the engine has measured
-        tasks before (``_all_cheap`` decides after the scan), and not on every
-        ``LEARN_EVERY``-th call, which goes through a plan's learning walk so that a
-        kind of task that became slow is noticed."""
+        always for the inline executor; for a pool that may run tasks on this thread,
+        only when the engine has measured tasks before (``_all_cheap`` decides after
+        the scan), and not on every ``LEARN_EVERY``-th call, which goes through a plan's
+        learning walk so that a kind of task that became slow is noticed."""
         if self._closed:
             raise RuntimeError("this engine is closed")
         if self.kind == "inline":
             return True
-        if self.kind == "dask" or hasattr(self._external, "run_plan") or not self._costs:
-            return False
-        if self.inline_threshold <= 0:
+        if self.placement.isolating or not self._costs or self.inline_threshold <= 0:
             return False
         self._direct_gets += 1
         return self._direct_gets % LEARN_EVERY != 0
 
     def _all_cheap(self, direct: DirectWalk) -> bool:
-        """Every kind of task in ``direct`` was measured below the inline threshold, so
-        the pooled driver would run them all on this thread anyway."""
-        costs, threshold = self._costs, self.inline_threshold
-        for key in direct.cost_keys():
-            estimate = costs.get(key)
-            if estimate is None or estimate > threshold:
-                return False
-        return True
+        """Every kind of task in ``direct`` is known to be cheap, so the pooled driver
+        would run them all on this thread anyway."""
+        costs, cheap = self._costs, self.placement.cheap
+        return all(cheap(costs.get(key)) for key in direct.cost_keys())
 
 
 def _compile(keys: list, fed: list, rewrite: bool) -> Plan:
@@ -454,7 +483,7 @@ def _call_reusing(kernel: Any, values: list, args: tuple[int, ...], donor: int) 
 
 
 def _timed_walk(plan: Plan, values: list, durations: dict[int, float],
-                costs: dict[Hashable, float], threshold: float,
+                costs: CostTable, threshold: float,
                 cancel: threading.Event | None = None) -> int:
     """``_walk`` that records each task's duration and stops after the task that
     confirms a cost key as expensive (the second slow task of that key in a row: a fast
@@ -529,6 +558,9 @@ class _Run:
         self.durations: dict[int, float] = {}  # of tasks run on the driving thread
         self.pooled_durations: dict[int, float] = {}  # of tasks run in the pool
         self.slow_once: dict = {}  # cost key -> the duration of its last task, if slow
+        #: cost keys confirmed slow during this run: their tasks' plan estimates are stale
+        self.relearned: set = set()
+        self.placement = engine.placement
         self.error: tuple[int, BaseException] | None = None
         self.completions: queue.SimpleQueue = queue.SimpleQueue()
         self.started = time.perf_counter()
@@ -566,13 +598,16 @@ class _Run:
             heapq.heappush(self.cheap, p)
             return
         plan = self.plan
-        expensive = plan.expensive[p]
-        if not expensive and plan.estimates[p] is None and plan.cost_keys[p] is not None:
-            # Never measured in this plan: go by what its kind of task took elsewhere
-            # (or, within this run, by what ``_learn_now`` just confirmed).
-            estimate = self.engine._costs.get(plan.cost_keys[p])
-            expensive = estimate is not None and estimate > self.threshold
-        heapq.heappush(self.costly if expensive else self.cheap, p)
+        estimate = plan.estimates[p]
+        key = plan.cost_keys[p]
+        if key is not None and (estimate is None or key in self.relearned):
+            # Not measured in this plan, or proven slow within this run: go by what its
+            # kind of task took elsewhere, or just now.
+            estimate = self.engine._costs.get(key, estimate)
+        elif plan.expensive[p]:
+            estimate = None  # confirmed expensive in this plan: the pool, as if unknown
+        inline = self.placement.inline_ok(estimate, plan.kernels[p])
+        heapq.heappush(self.cheap if inline else self.costly, p)
 
     def _finish(self, p: int, value: Any, start: float, end: float, worker: str) -> None:
         plan = self.plan
@@ -631,6 +666,7 @@ class _Run:
         if key in self.slow_once:
             table = self.engine._costs
             table[key] = max(table.get(key) or 0.0, min(seconds, self.slow_once[key]))
+            self.relearned.add(key)
         else:
             self.slow_once[key] = seconds
 
@@ -817,7 +853,7 @@ class _Run:
                 break
             wait = None
             if self.deadline is not None and self.error is None:
-                wait = max(self.deadline - time.perf_counter(), 0.0)
+                wait = min(max(self.deadline - time.perf_counter(), 0.0), MAX_WAIT_SECONDS)
             if self.cancel is not None and self.error is None:
                 # Look at the cancel flag between completions too: a run waiting on long
                 # nodes stops within CANCEL_POLL_SECONDS of it being set.
@@ -832,7 +868,10 @@ class _Run:
 
     def _check_deadline(self) -> None:
         """Raise if the run timed out or was cancelled (the nodes in flight, if any,
-        finish in the background; their values are dropped)."""
+        finish in the background; their values are dropped). A run whose tasks have
+        all finished is done, whatever the clock says."""
+        if self.finished == len(self.plan.compute):
+            return
         if self.deadline is not None and time.perf_counter() > self.deadline:
             self._raise_timeout()
         if self.cancel is not None and self.cancel.is_set():
@@ -840,11 +879,42 @@ class _Run:
             raise RunCancelled(f"run cancelled with {unfinished} unfinished nodes")
 
     def _raise_timeout(self) -> None:
-        plan = self.plan
-        unfinished = [plan.names[p] for p in plan.compute if not self.done[p]]
-        shown = ", ".join(repr(n) for n in unfinished[:10])
-        more = f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else ""
-        raise TimeoutError(f"run timed out with {len(unfinished)} unfinished nodes: {shown}{more}")
+        """``TimeoutError`` naming the nodes that were running, then those not started."""
+        plan, done = self.plan, self.done
+        running = [p for p in self.running if not done[p]]
+        waiting = [p for p in plan.compute if not done[p] and p not in self.running]
+        parts = []
+        if running:
+            parts.append(f"{len(running)} running: " + _names(plan, running))
+        if waiting:
+            parts.append(f"{len(waiting)} not started: " + _names(plan, waiting))
+        seconds = self.deadline - self.started if self.deadline is not None else 0.0
+        raise TimeoutError(f"run timed out after {seconds:.3g} s with "
+                           f"{len(running) + len(waiting)} unfinished nodes; "
+                           + "; ".join(parts))
+
+
+def _names(plan: Plan, positions: list[int], shown: int = 10) -> str:
+    text = ", ".join(plan.describe(p) for p in positions[:shown])
+    return text + (f" and {len(positions) - shown} more" if len(positions) > shown else "")
+
+
+def deadline_after(timeout: Any) -> float | None:
+    """The ``time.perf_counter()`` deadline of a run given ``timeout=`` seconds, after
+    checking it once for every executor: ``None`` or ``inf`` is no deadline; anything
+    else must be a real, non-negative number of seconds."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer,
+                                                            np.floating)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    seconds = float(timeout)
+    if seconds != seconds or seconds < 0:  # NaN or negative
+        raise ValueError(f"timeout must be a non-negative number of seconds or None, "
+                         f"got {timeout!r}")
+    if seconds == float("inf"):
+        return None
+    return time.perf_counter() + seconds
 
 
 def _finish_callbacks(callbacks: tuple[Callback, ...], info: RunInfo,
@@ -904,11 +974,60 @@ def _shutdown_pools(owned: dict) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+# -- the shared default engines -------------------------------------------------------------
+
+_default_engines: dict[tuple, Engine] = {}
+_default_engines_lock = threading.Lock()
+
+
+def default_engine(executor: Any = "threads", workers: int | None = None, *,
+                   check_numerics: bool = False) -> Engine:
+    """The engine that ``scheduler.run`` and ``scheduler.get`` use for this executor name
+    and worker count: created on first use, then shared (thread-safe), so that its
+    pool and what it learned about task costs carry over from call to call, as dask
+    keeps one default thread pool. Closed at interpreter exit, or by
+    :func:`close_default_engines`. An executor object gets an engine of its own per
+    call (the object's owner decides its life)."""
+    if not isinstance(executor, str):
+        return Engine(executor, workers, check_numerics=check_numerics)
+    key = (executor, workers, check_numerics)
+    with _default_engines_lock:
+        engine = _default_engines.get(key)
+        if engine is None or engine._closed:
+            engine = _default_engines[key] = Engine(executor, workers,
+                                                    check_numerics=check_numerics)
+        return engine
+
+
+def close_default_engines() -> None:
+    """Close the shared default engines (their pools, processes and clusters). The next
+    ``scheduler.run`` or ``scheduler.get`` starts new ones."""
+    with _default_engines_lock:
+        engines = list(_default_engines.values())
+        _default_engines.clear()
+    for engine in engines:
+        engine.close()
+
+
+def _forget_default_engines_in_child() -> None:
+    # A forked child inherits the parent's engines without their threads: start afresh.
+    global _default_engines_lock
+    _default_engines.clear()
+    _default_engines_lock = threading.Lock()
+
+
+atexit.register(close_default_engines)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_default_engines_in_child)
+
+
 def run(fetches: Any, feeds: Mapping | None = None, *, executor: Any = "threads",
         workers: int | None = None, timeout: float | None = None,
         callbacks: Iterable[Callback] = (), check_numerics: bool = False) -> Any:
-    """One-shot ``Engine(executor, workers).run(fetches, feeds)``."""
-    with Engine(executor, workers, check_numerics=check_numerics) as engine:
+    """One-shot ``engine.run(fetches, feeds)`` on the shared default engine for
+    ``executor`` and ``workers`` (see :func:`default_engine`)."""
+    engine = default_engine(executor, workers, check_numerics=check_numerics)
+    with _closing_if_own(engine, executor):
         return engine.run(fetches, feeds, timeout=timeout, callbacks=callbacks)
 
 
@@ -916,8 +1035,20 @@ def get(tasks: Mapping, keys: Any, executor: Any = "threads", workers: int | Non
         feeds: Mapping | None = None, timeout: float | None = None,
         callbacks: Iterable[Callback] = (), check_numerics: bool = False,
         num_workers: int | None = None, **dask_options: Any) -> Any:
-    """Run a task graph ``{key: (callable, *args)}`` in dask's conventions; usable as
-    ``dask.compute(x, scheduler=scheduler.get)``. dask's other scheduler options
+    """Run a task graph ``{key: (callable, *args)}`` in dask's conventions on the shared
+    default engine for ``executor`` and ``workers`` (see :func:`default_engine`); usable
+    as ``dask.compute(x, scheduler=scheduler.get)``. dask's other scheduler options
     (``dask_options``) are accepted and ignored."""
-    with Engine(executor, workers or num_workers, check_numerics=check_numerics) as engine:
+    engine = default_engine(executor, workers or num_workers, check_numerics=check_numerics)
+    with _closing_if_own(engine, executor):
         return engine.get(tasks, keys, feeds=feeds, timeout=timeout, callbacks=callbacks)
+
+
+@contextlib.contextmanager
+def _closing_if_own(engine: Engine, executor: Any) -> Any:
+    """Close ``engine`` afterwards unless it is a shared default engine."""
+    try:
+        yield
+    finally:
+        if not isinstance(executor, str):
+            engine.close()

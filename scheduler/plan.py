@@ -129,12 +129,17 @@ class Plan:
             for p in compute
         ]
 
-        #: learned duration per position (seconds), None until measured, and how many
-        #: samples it rests on: one sample alone never makes a task expensive
+        #: duration estimate per position (seconds): the source's static hint
+        #: (``TaskSpec.cost_hint``) or a measurement, None while unknown; and how many
+        #: samples it rests on: one sample timed on the driving thread alone never
+        #: makes a task expensive (it may have been a GC pause)
+        self.hints: list[float | None] = [s.cost_hint for s in specs]
         self.estimates: list[float | None] = [None] * n
         self.samples: list[int] = [0] * n
         self.expensive: list[bool] = [False] * n
         self.any_expensive = False
+        #: every computed task has an estimate (none is of unknown cost)
+        self.all_known = not compute
         self.use_pool = False
         #: the pool size the engine will use (set by the engine; it weighs ``use_pool``)
         self.workers = 1
@@ -178,44 +183,69 @@ class Plan:
     def describe(self, p: int) -> str:
         return f"{self.names[p]!r} (op {self.ops[p]})"
 
-    def seed_estimates(self, table: dict[Hashable, float], threshold: float) -> None:
-        """Start from the engine-wide estimates of tasks with the same cost key."""
+    def seed_estimates(self, table: Any, threshold: float) -> None:
+        """Start from the engine-wide estimates of tasks with the same cost key (a
+        ``placement.CostTable``), else from the source's static hints."""
+        hints, estimates, samples = self.hints, self.estimates, self.samples
         for p in self.compute:
             key = self.cost_keys[p]
-            if key is not None and key in table:
-                self.estimates[p] = table[key]
-                self.samples[p] = 2  # the engine's history stands for a confirmed sample
+            known = table.get(key) if key is not None else None
+            if known is None:
+                known = hints[p]
+            if known is not None:
+                estimates[p] = known
+                samples[p] = 2  # history and hints stand for a confirmed sample
         self.reclassify(threshold)
 
-    def learn(self, durations: dict[int, float], table: dict[Hashable, float],
-              threshold: float, pooled: dict[int, float] | None = None) -> None:
-        """Fold measured durations into the estimates (see ``updated_estimate``).
+    def learn(self, durations: dict[int, float], table: Any, threshold: float,
+              pooled: dict[int, float] | None = None) -> None:
+        """Fold measured durations into the estimates and the engine's ``table``.
 
-        ``pooled`` durations were measured in pool threads, where a kernel also waits
-        for the GIL while the driving thread runs cheap tasks: they may only lower an
-        estimate, never raise it (the next timed walk on the driving thread will)."""
+        ``durations`` were timed on the driving thread: an estimate drops at once and
+        rises at most 4x per sample (``CostTable.observe``). ``pooled`` durations were
+        measured in pool threads, where a kernel also waits for the GIL while the
+        driving thread runs cheap tasks: they set an unknown estimate and may lower a
+        known one, never raise it (the next timed walk on the driving thread will)."""
         estimates, cost_keys, samples = self.estimates, self.cost_keys, self.samples
         for p, seconds in durations.items():
-            # updated_estimate, inlined: this loop runs over every task of a learning run
+            # CostTable.observe, inlined: this loop runs over every task of a learning run
             old = estimates[p]
             estimates[p] = seconds if old is None or seconds < 4 * old else 4 * old
             samples[p] += 1
             key = cost_keys[p]
             if key is not None:
-                old = table.get(key)
-                table[key] = seconds if old is None or seconds < 4 * old else 4 * old
+                table.observe(key, seconds)
         for p, seconds in (pooled or {}).items():
             old = estimates[p]
-            estimates[p] = seconds if old is None else min(old, seconds)
+            if old is None:
+                estimates[p] = seconds
+                samples[p] = 2  # it ran where an unknown task belongs; see placement
+            elif seconds < old:
+                estimates[p] = seconds
+            key = cost_keys[p]
+            if key is not None:
+                table.observe_pooled(key, seconds)
         self.reclassify(threshold)
 
     def reclassify(self, threshold: float) -> None:
-        """Mark the tasks worth a hand-off to the pool (with ``threshold`` 0, all of
-        them), and decide whether the pool is worth using at all (``use_pool``)."""
-        self.expensive = [threshold == 0 or (e is not None and e > threshold and k >= 2)
-                          for e, k in zip(self.estimates, self.samples)]
-        self.any_expensive = any(self.expensive)
-        self.use_pool = threshold == 0 or (self.any_expensive and self._parallel_gain() > 0)
+        """Mark the tasks worth a hand-off to the pool: all of them with ``threshold``
+        0, else those of unknown cost and those confirmed above ``threshold``; and
+        decide whether a plain run should use the pool at all (``use_pool``)."""
+        estimates, samples = self.estimates, self.samples
+        expensive = [False] * len(estimates)
+        all_known = True
+        for p in self.compute:
+            e = estimates[p]
+            if e is None:
+                all_known = False
+                expensive[p] = True
+            elif threshold == 0 or (e > threshold and samples[p] >= 2):
+                expensive[p] = True
+        self.expensive = expensive
+        self.all_known = all_known
+        self.any_expensive = any(expensive)
+        self.use_pool = threshold == 0 or not all_known or (
+            self.any_expensive and self._parallel_gain() > 0)
 
     def _parallel_gain(self) -> float:
         """Estimated seconds a pool of ``workers`` saves over walking the plan on one
@@ -305,16 +335,6 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def updated_estimate(old: float | None, sample: float) -> float:
-    """A duration estimate that drops at once and rises at most 4x per sample.
-
-    A garbage-collection pause or a preemption inflates one measurement of a 1 µs task
-    a thousandfold; believing it would send every task of that kind to the pool. A task
-    that really became slower crosses the threshold after a few samples instead.
-    """
-    return sample if old is None else min(sample, 4 * old)
 
 
 def post_order(fetch_keys: Sequence[Hashable], fed: set,

@@ -44,6 +44,10 @@ class TaskSpec(NamedTuple):
       arg has the result's shape and dtype. The engine does so only when that value
       dies at this task and nothing else holds it (TensorFlow forwards input buffers
       to outputs alike); the result is the same, bit for bit, minus an allocation.
+    - ``cost_hint`` is the source's static guess of the task's duration in seconds
+      (from shapes: flops and bytes, as TensorFlow's cost model guesses), or ``None``
+      when it cannot tell. It decides where the task runs until it has been measured:
+      a task of unknown cost is presumed expensive (see ``placement``).
     """
 
     kernel: Callable[..., Any] | None
@@ -54,3 +58,4 @@ class TaskSpec(NamedTuple):
     cost_key: Hashable = None
     check_feed: Callable[[Any], Any] | None = None
     reusable: tuple[int, ...] = ()
+    cost_hint: float | None = None

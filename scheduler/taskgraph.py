@@ -36,6 +36,7 @@ from functools import partial
 from operator import itemgetter
 from typing import Any
 
+from scheduler.placement import stable_cost_key
 from scheduler.spec import NO_VALUE, TaskSpec
 
 __all__ = ["TaskGraphSource", "cost_key_of", "flatten_keys", "func_name", "pack_results",
@@ -63,6 +64,12 @@ def _alias(value: Any) -> Any:
 def _as_list(*values: Any) -> list:
     """Kernel of a list of distinct keys."""
     return list(values)
+
+
+# The engine's own pass-throughs: they run no user code, so even an executor that
+# isolates user code from the caller may run them on the driving thread.
+_alias.pass_through = True  # type: ignore[attr-defined]
+_as_list.pass_through = True  # type: ignore[attr-defined]
 
 
 class _Const:
@@ -206,12 +213,9 @@ def func_name(func: Any) -> str:
 
 
 def cost_key_of(func: Any) -> Hashable:
-    """The callable itself, so all tasks of one function share their timings."""
-    try:
-        hash(func)
-    except TypeError:
-        return type(func)
-    return func
+    """The key all tasks of one function share their timings under (see
+    ``placement.stable_cost_key``: it keeps no closure or partial alive)."""
+    return stable_cost_key(func)
 
 
 _new_tuple = tuple.__new__
@@ -452,7 +456,8 @@ class TaskGraphSource:
                 op, cost_key = _describe_func(func)
                 # tuple.__new__ skips the named tuple's Python-level constructor: this
                 # line runs once per task of every graph that scheduler.get compiles.
-                return _new_tuple(TaskSpec, (func, args, name, op, NO_VALUE, cost_key, None, ()))
+                return _new_tuple(TaskSpec, (func, args, name, op, NO_VALUE, cost_key, None, (),
+                                             None))
             args = value[1:]
             comp = _Compiler(tasks, dt)
             kernel = _call_kernel(func, [comp.arg(a) for a in args])

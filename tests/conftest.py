@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+import scheduler
+
 
 def _threads() -> set[int]:
     return {t.ident for t in threading.enumerate() if t.ident is not None}
@@ -17,6 +19,9 @@ def _threads() -> set[int]:
 def no_leaked_threads_or_processes():
     before = _threads()
     yield
+    # scheduler.run and scheduler.get share default engines across calls; closing them
+    # must leave nothing behind either.
+    scheduler.close_default_engines()
     deadline = time.monotonic() + 5.0
     while True:
         leaked = [t for t in threading.enumerate()

@@ -92,13 +92,66 @@ def test_transitions_exact_state():
 
 def test_expensive_tasks_go_to_the_costly_heap():
     plan = Plan(["e"], [], spec_source(DIAMOND))
-    plan.estimates[1], plan.samples[1] = 1.0, 2   # b measured slow, twice
+    for p in plan.compute:
+        plan.estimates[p], plan.samples[p] = 1e-6, 2   # measured cheap...
+    plan.estimates[1] = 1.0                            # ...but b measured slow, twice
     plan.reclassify(40e-6)
     assert plan.expensive == [False, True, False, False, False] and plan.any_expensive
+    assert plan.all_known
     engine = scheduler.Engine("threads")
     run = _Run(engine, plan, list(plan.template), None, (), None, inline=False)
     assert run.costly == [1] and run.cheap == [2]
     engine.close()
+
+
+def test_tasks_of_unknown_cost_go_to_the_costly_heap():
+    """Nothing measured, nothing hinted: presumed expensive, so a first call of unknown
+    (maybe I/O-bound) tasks is parallel from its first task."""
+    plan = Plan(["e"], [], spec_source(DIAMOND))
+    plan.reclassify(40e-6)
+    assert plan.expensive == [False, True, True, True, True] and not plan.all_known
+    assert plan.use_pool
+    engine = scheduler.Engine("threads")
+    run = _Run(engine, plan, list(plan.template), None, (), None, inline=False)
+    assert run.costly == [1, 2] and run.cheap == []
+    engine.close()
+
+
+def test_the_engine_cost_table_places_tasks_the_plan_has_not_measured():
+    plan = Plan(["e"], [], spec_source(DIAMOND))
+    engine = scheduler.Engine("threads")
+    engine._costs.observe(neg, 1e-6)                   # known cheap from other plans
+    plan.seed_estimates(engine._costs, engine.inline_threshold)
+    run = _Run(engine, plan, list(plan.template), None, (), None, inline=False)
+    assert run.cheap == [1, 2] and run.costly == []
+    engine.close()
+
+
+def test_isolating_executors_keep_every_user_task_off_the_driving_thread():
+    plan = Plan(["e"], [], spec_source(DIAMOND))
+    for p in plan.compute:
+        plan.estimates[p], plan.samples[p] = 1e-6, 2   # known cheap: still not here
+    plan.reclassify(40e-6)
+    engine = scheduler.Engine("processes", workers=1)
+    assert engine.placement.isolating and not engine.placement.may_walk(plan)
+    run = _Run(engine, plan, list(plan.template), None, (), None, inline=False)
+    assert run.costly == [1, 2] and run.cheap == []
+    engine.close()
+
+
+def test_static_hints_decide_before_anything_ran():
+    def spec_of(key):
+        entry = DIAMOND[key]
+        if isinstance(entry, tuple):
+            kernel, deps = entry
+            hint = 0.5 if key == "b" else 1e-6
+            return TaskSpec(kernel, tuple(deps), key, kernel.__name__, cost_key=key,
+                            cost_hint=hint)
+        return TaskSpec(None, (), key, "literal", value=entry)
+
+    plan = Plan(["e"], [], spec_of)
+    plan.seed_estimates(scheduler.placement.CostTable(), 40e-6)
+    assert plan.all_known and plan.expensive == [False, True, False, False, False]
 
 
 def test_cycle_is_reported_with_its_path():

@@ -1,0 +1,155 @@
+"""Where a ready task runs: on the driving thread, in the pool, or held until a slot frees.
+
+This module owns that decision and the knowledge it rests on; the engine's drivers
+consult it and carry no copy of the rules. The rules, in order:
+
+1. The ``inline`` executor (and a re-entrant run, already inside a worker) runs every
+   task on the driving thread: it has no pool.
+2. Executors that isolate (``processes``, ``dask``, any ``ProcessPoolExecutor``) never
+   run a user kernel on the caller: a crashing or GIL-holding task must not take the
+   caller down or stall it. Only literals, feeds and the engine's own pass-throughs
+   (aliases, lists of keys) are handled there.
+3. Elsewhere, a task runs on the driving thread only when it is *known* to be cheap:
+   measured (by this plan, or by the engine for tasks of the same cost key) or hinted
+   by its source (``TaskSpec.cost_hint``, from shapes) below the inline threshold.
+   A task whose cost is unknown is presumed expensive and goes to the pool, as
+   TensorFlow's executor presumes its kernels expensive unless marked cheap and dask
+   sends everything to its pool: a first call of unknown (say, I/O-bound) tasks is
+   parallel from its first task. Tasks wait in a ready heap (held) while the pool has
+   ``IN_FLIGHT_PER_WORKER`` tasks per worker in flight, so that the priority still
+   decides what starts next.
+4. A run with a deadline or a cancel event only ever runs known-cheap tasks on the
+   driving thread, so that it can raise on time.
+
+Costs are learned: a task run on the driving thread is timed there; a task run in the
+pool reports its duration too, which may set an unknown estimate or lower a known one
+(a pool thread also counts the time it waits for the GIL, so it never raises one).
+The engine-wide :class:`CostTable` carries estimates across plans and calls, bounded,
+and keyed so that it keeps no user callable (nor what a closure captured) alive.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import types
+from collections import OrderedDict
+from collections.abc import Hashable
+from functools import partial
+from typing import Any
+
+#: Ready tasks in flight per pool worker: a worker that finishes starts its next task
+#: at once, without waiting for the driving thread; more would decide priorities early.
+IN_FLIGHT_PER_WORKER = 2
+
+#: Executor kinds that run tasks in other processes.
+ISOLATING_KINDS = frozenset({"processes", "dask"})
+
+
+def is_isolating(kind: str, pool: Any = None) -> bool:
+    """Whether tasks of this executor must never run in the caller's process."""
+    return kind in ISOLATING_KINDS or isinstance(pool, cf.ProcessPoolExecutor) or \
+        hasattr(pool, "run_plan")
+
+
+def stable_cost_key(func: Any) -> Hashable:
+    """A key under which the durations of ``func``'s tasks are learned, holding no strong
+    reference to ``func`` itself when it could carry user data: a plain function (or a
+    closure, lambda, ``functools.partial`` of one, bound method) is known by its code
+    object and qualified name, which keep no captured value alive; a callable object
+    by its class; builtins and numpy ufuncs, which live as long as their module, by
+    themselves. Closures of one ``def`` share their timings."""
+    while isinstance(func, partial):
+        func = func.func
+    if isinstance(func, types.MethodType):
+        func = func.__func__
+    code = getattr(func, "__code__", None)
+    if isinstance(code, types.CodeType):
+        return (code, getattr(func, "__qualname__", code.co_name))
+    if isinstance(func, (types.BuiltinFunctionType, type)) or type(func).__name__ == "ufunc":
+        return func
+    return type(func)
+
+
+class CostTable:
+    """Learned task durations (seconds) by cost key, shared by an engine's plans.
+
+    Bounded: the least recently used keys are dropped beyond ``max_keys``, so that a
+    service that runs ever new graphs does not grow it forever. Thread-safe: runs of
+    one engine learn from several threads at once."""
+
+    def __init__(self, max_keys: int = 4096):
+        self.max_keys = max_keys
+        self._table: OrderedDict[Hashable, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __bool__(self) -> bool:
+        return bool(self._table)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._table
+
+    def get(self, key: Hashable, default: float | None = None) -> float | None:
+        return self._table.get(key, default)
+
+    def __getitem__(self, key: Hashable) -> float:
+        return self._table[key]
+
+    def __setitem__(self, key: Hashable, seconds: float) -> None:
+        with self._lock:
+            self._table[key] = seconds
+            self._table.move_to_end(key)
+            if len(self._table) > self.max_keys:
+                self._table.popitem(last=False)
+
+    def observe(self, key: Hashable, seconds: float) -> None:
+        """A duration measured on the driving thread: the estimate drops at once and
+        rises at most 4x per sample (one GC pause must not make a 1 µs task look
+        expensive; a task that really became slower crosses over after a few)."""
+        old = self._table.get(key)
+        self[key] = seconds if old is None or seconds < 4 * old else 4 * old
+
+    def observe_pooled(self, key: Hashable, seconds: float) -> None:
+        """A duration measured in a pool thread: it sets an unknown estimate, and may
+        lower a known one, never raise it (it includes waits for the GIL)."""
+        old = self._table.get(key)
+        if old is None or seconds < old:
+            self[key] = seconds
+
+    def clear(self) -> None:
+        with self._lock:
+            self._table.clear()
+
+
+class Placement:
+    """The placement rules for one engine (see the module docstring).
+
+    ``cheap(estimate)`` is the one test of "known to be cheap"; the drivers ask
+    ``inline_ok`` for each ready task and ``may_walk`` for a whole plan."""
+
+    __slots__ = ("kind", "threshold", "isolating", "sequential_only")
+
+    def __init__(self, kind: str, threshold: float, pool: Any = None):
+        self.kind = kind
+        self.threshold = threshold
+        self.isolating = is_isolating(kind, pool)
+        self.sequential_only = kind == "inline"
+
+    def cheap(self, estimate: float | None) -> bool:
+        """Known to be cheap: measured or hinted at most the inline threshold."""
+        return estimate is not None and estimate <= self.threshold and self.threshold > 0
+
+    def inline_ok(self, estimate: float | None, kernel: Any = None) -> bool:
+        """Whether a ready task with this estimate may run on the driving thread."""
+        if self.isolating:
+            return getattr(kernel, "pass_through", False) is True
+        return self.cheap(estimate)
+
+    def may_walk(self, plan: Any) -> bool:
+        """Whether a plain run of ``plan`` (no deadline, cancel event, callbacks or
+        numerics check) may walk it on the driving thread: every task's cost is known
+        and the pool would not pay for itself (``Plan.use_pool``)."""
+        return not self.isolating and plan.all_known and not plan.use_pool
