@@ -1,4 +1,4 @@
-"""The anchor workloads (the same graphs as ../shared/anchors), built for the anchors
+"""The benchmark workloads, built for the anchors (dask, torch, autograd, plain numpy)
 and for this project from one definition each, so both measure the same work."""
 
 from __future__ import annotations
@@ -201,3 +201,41 @@ def raw_branch_speedup(reps: int = 9) -> float:
             list(pool.map(branch, range(PAR_BRANCHES)))
             two.append(time.perf_counter() - start)
     return statistics.median(one) / statistics.median(two)
+
+
+def parallel_nodes() -> tuple:
+    """The same 16 x 4 matmul graph as dataflow nodes with static shapes (so the engine
+    knows the matmuls are expensive from their shapes before it ran any), and its feeds."""
+    import dataflow as df
+
+    ms = parallel_matrices()
+    with df.Graph():
+        xs = [df.placeholder(f"m{b}", (PAR_N, PAR_N)) for b in range(PAR_BRANCHES)]
+        tops = []
+        for x in xs:
+            h = x
+            for _ in range(PAR_LAYERS):
+                h = h @ x
+            tops.append(h)
+        out = df.add_n(tops)
+    return out, dict(zip(xs, ms))
+
+
+# -- first contact: I/O-bound and GIL-bound tasks (benchmarks.first_contact) -------------------
+
+LOOP_N = 2_000_000
+
+
+def python_loop(n: int) -> int:
+    """Pure Python: holds the GIL for its whole run (about 0.1 s for LOOP_N)."""
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+def sleep_then(seconds: float, value):
+    import time
+
+    time.sleep(seconds)
+    return value

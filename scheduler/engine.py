@@ -881,8 +881,14 @@ class _Run:
     def _raise_timeout(self) -> None:
         """``TimeoutError`` naming the nodes that were running, then those not started."""
         plan, done = self.plan, self.done
-        running = [p for p in self.running if not done[p]]
-        waiting = [p for p in plan.compute if not done[p] and p not in self.running]
+        # A chain is one pool job: only its first unfinished task can be running.
+        running, jobs = [], set()
+        for p, future in self.running.items():
+            if not done[p] and id(future) not in jobs:
+                jobs.add(id(future))
+                running.append(p)
+        started = set(running)
+        waiting = [p for p in plan.compute if not done[p] and p not in started]
         parts = []
         if running:
             parts.append(f"{len(running)} running: " + _names(plan, running))
