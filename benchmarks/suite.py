@@ -9,6 +9,7 @@ adds and both sides of every ratio run the same kernels.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import json
 import statistics
@@ -247,6 +248,14 @@ def gradient_build() -> list[Row]:
                 times[100_000] <= 3 and ratio <= 12)]
 
 
+# -- 6. first contact: unknown tasks, I/O, GIL-bound work, timeouts (first_contact.py) ------
+
+def _first_contact(section: str) -> list[Row]:
+    from . import first_contact  # it builds on this module's rows and timers
+
+    return first_contact.SECTIONS[section]()
+
+
 SECTIONS = {
     "overhead": overhead,
     "tinyops": tiny_ops,
@@ -254,6 +263,10 @@ SECTIONS = {
     "memory": mlp_memory,
     "parallel": parallel,
     "gradients": gradient_build,
+    "io": functools.partial(_first_contact, "io"),
+    "gil": functools.partial(_first_contact, "gil"),
+    "timeouts": functools.partial(_first_contact, "timeouts"),
+    "firstrun": functools.partial(_first_contact, "firstrun"),
 }
 
 
