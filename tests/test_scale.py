@@ -19,6 +19,7 @@ from engines import make_engine
 import dataflow as df
 import scheduler
 from scheduler import NodeError, NumericsError
+from scheduler.taskgraph import TaskGraphSource
 
 N = 100_000
 
@@ -133,17 +134,31 @@ def noisy_increment(v: int) -> int:
 
 
 def test_isolated_pauses_do_not_send_a_chain_of_tiny_tasks_to_the_pool():
-    """Two slow samples of one cost key far apart are noise, not a slow task: a first
-    run of a long chain of tiny tasks stays on the calling thread (a hand-off costs
-    tens of microseconds per task, a 100,000-node chain would take 40 times longer)."""
-    _calls[0] = 0
-    _threads.clear()
+    """A first run of a long chain of unknown tasks goes to the pool as one job (a
+    chain: one hand-off, not one per task). Once measured cheap, the chain runs on the
+    calling thread, and two slow samples of its cost key far apart are noise, not a
+    slow task: it stays there (a hand-off costs tens of microseconds per task, a
+    100,000-node chain would take 40 times longer)."""
     tasks: dict = {"k0": 0}
     for i in range(1, 5001):
         tasks[f"k{i}"] = (noisy_increment, f"k{i - 1}")
     with scheduler.Engine("threads", workers=2) as engine:
+        _calls[0] = 0
+        _threads.clear()
         assert engine.get(tasks, "k5000") == 5000
-    assert _threads == {threading.current_thread().name}
+        assert len(_threads) == 1 and threading.current_thread().name not in _threads
+        for _ in range(3):  # the direct walk, then a plan's learning walk
+            _calls[0] = 0
+            _threads.clear()
+            assert engine.get(tasks, "k5000") == 5000
+            assert _threads == {threading.current_thread().name}
+        # A plan of the same tasks, compiled anew, learns on this thread as well.
+        _calls[0] = 0
+        _threads.clear()
+        plan = scheduler.Plan(["k5000"], [], TaskGraphSource(tasks).spec)
+        plan.seed_estimates(engine._costs, engine.inline_threshold)
+        engine.execute(plan, {})
+        assert _threads == {threading.current_thread().name}
 
 
 # -- check_numerics ---------------------------------------------------------------------
