@@ -21,7 +21,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check dataflow scheduler tests examples benchmarks
+	$(BIN)/ruff check dataflow scheduler tests examples benchmarks.py
 
 bench: install
 	$(BIN)/pip install -q -e '.[bench]'

@@ -1,19 +1,21 @@
-"""``python -m benchmarks [section ...]``: run the suite and print one table of ratios
+"""``python -m dataflow.bench [section ...]``: run the suite and print one table of ratios
 (each section in a fresh interpreter when there are several, see ``suite.run``)."""
 
-import os
+from __future__ import annotations
 
-# One BLAS thread for everything measured here (see benchmarks.suite); set before numpy loads.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import sys
 
-import sys  # noqa: E402
-
-from .suite import SECTIONS, format_table, machine, rows_to_json, run  # noqa: E402
+from . import pin_blas_threads
+from .suite import SECTIONS, format_table, machine, rows_to_json, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    # One BLAS thread for everything measured here (see dataflow.bench.suite).
+    with pin_blas_threads(1):
+        return _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(args: list[str]) -> int:
     if args[:1] == ["--json"]:  # one section for suite.run_isolated: rows as JSON
         print(rows_to_json(SECTIONS[args[1]]()))
         return 0

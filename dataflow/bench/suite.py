@@ -1,8 +1,8 @@
 """The benchmark suite: each workload measured for this project and for its anchor in
 the same run, reported as ratios against the targets of the performance issue.
 
-BLAS is pinned to one thread for the whole suite (set before numpy is imported by
-``benchmarks.__main__``), so that inter-op parallelism is what the threads executor
+BLAS is pinned to one thread for the whole suite (``dataflow.bench.pin_blas_threads``,
+called by ``dataflow.bench.__main__``), so that inter-op parallelism is what the threads executor
 adds and both sides of every ratio run the same kernels.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -270,7 +271,6 @@ def format_table(rows: list[Row]) -> str:
 
 
 def machine() -> str:
-    import os
     import platform
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -294,10 +294,13 @@ def run(sections: list[str] | None = None) -> list[Row]:
 
 
 def run_isolated(name: str) -> list[Row]:
-    """Run one section in a fresh ``python -m benchmarks --json``, which prints its rows
-    as JSON; its errors go to this process's stderr."""
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--json", name], cwd=root,
+    """Run one section in a fresh ``python -m dataflow.bench --json``, which prints its
+    rows as JSON; its errors go to this process's stderr. The child imports the same
+    ``dataflow`` as this process, installed or from a checkout."""
+    env = dict(os.environ)
+    site = str(Path(df.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-m", "dataflow.bench", "--json", name], env=env,
                           stdout=subprocess.PIPE, text=True, check=True)
     return [Row(**fields) for fields in json.loads(done.stdout)]
 
