@@ -115,6 +115,17 @@ def _parser() -> argparse.ArgumentParser:
                            "extra) and print one table of ratios.")
     bench.add_argument("sections", nargs="*", help="sections to run (default: all)")
     bench.set_defaults(func=_cmd_bench)
+
+    doctor = sub.add_parser("doctor", help="report the machine's BLAS kernels and known "
+                            "slowdowns", description="Report the BLAS library, the kernel "
+                            "architecture it runs and its threads, the CPU's vector "
+                            "extensions, the cores and the variables steering them; flag "
+                            "known slowdowns (an older kernel forced by a variable, measured "
+                            "by a quick probe in a subprocess; oversubscription). It changes "
+                            "nothing.")
+    doctor.add_argument("--no-probe", action="store_true",
+                        help="skip the matmul probe (no subprocesses, no measured gain)")
+    doctor.set_defaults(func=_cmd_doctor)
     return parser
 
 
@@ -236,6 +247,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown benchmark section(s) {', '.join(map(repr, unknown))}; "
                          f"choose from {', '.join(SECTIONS)}")
     return bench_main(list(args.sections))
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import main as doctor_main
+
+    return doctor_main(probe=not args.no_probe)
 
 
 # -- helpers ----------------------------------------------------------------------------
