@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint bench stress clean
+.PHONY: demo test install lint bench bench-anchors stress clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ lint: install
 
 bench: install
 	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m benchmarks
+
+# The same run with the graph-mode anchors (TensorFlow 1 sessions, PyTensor) installed.
+bench-anchors: install
+	$(BIN)/pip install -q -e '.[bench,bench-anchors]'
 	$(BIN)/python -m benchmarks
 
 stress: install
