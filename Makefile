@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint bench stress clean
+.PHONY: demo test install lint bench bench-anchors stress clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,15 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check dataflow scheduler tests examples benchmarks
+	$(BIN)/ruff check dataflow scheduler tests examples benchmarks.py
 
 bench: install
 	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m benchmarks
+
+# The same run with the graph-mode anchors (TensorFlow 1 sessions, PyTensor) installed.
+bench-anchors: install
+	$(BIN)/pip install -q -e '.[bench,bench-anchors]'
 	$(BIN)/python -m benchmarks
 
 stress: install

@@ -111,10 +111,21 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_cmd_show)
 
     bench = sub.add_parser("bench", help="run the benchmark suite against the anchors",
-                           description="Run the benchmark suite (needs a source checkout and the "
-                           "'bench' extra for the anchors) and print one table of ratios.")
+                           description="Run the benchmark suite (the anchors need the 'bench' "
+                           "extra) and print one table of ratios.")
     bench.add_argument("sections", nargs="*", help="sections to run (default: all)")
     bench.set_defaults(func=_cmd_bench)
+
+    doctor = sub.add_parser("doctor", help="report the machine's BLAS kernels and known "
+                            "slowdowns", description="Report the BLAS library, the kernel "
+                            "architecture it runs and its threads, the CPU's vector "
+                            "extensions, the cores and the variables steering them; flag "
+                            "known slowdowns (an older kernel forced by a variable, measured "
+                            "by a quick probe in a subprocess; oversubscription). It changes "
+                            "nothing.")
+    doctor.add_argument("--no-probe", action="store_true",
+                        help="skip the matmul probe (no subprocesses, no measured gain)")
+    doctor.set_defaults(func=_cmd_doctor)
     return parser
 
 
@@ -228,19 +239,20 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    root = Path(__file__).resolve().parent.parent
-    if (root / "benchmarks").is_dir() and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        from benchmarks.__main__ import main as bench_main
-        from benchmarks.suite import SECTIONS
-    except ImportError as exc:
-        raise UsageError(f"the benchmark suite needs a source checkout ({exc})") from None
+    from .bench.__main__ import main as bench_main
+    from .bench.suite import SECTIONS
+
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         raise UsageError(f"unknown benchmark section(s) {', '.join(map(repr, unknown))}; "
                          f"choose from {', '.join(SECTIONS)}")
     return bench_main(list(args.sections))
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import main as doctor_main
+
+    return doctor_main(probe=not args.no_probe)
 
 
 # -- helpers ----------------------------------------------------------------------------

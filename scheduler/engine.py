@@ -70,6 +70,7 @@ from typing import Any
 
 import numpy as np
 
+from .blas import IntraOpThreads
 from .callbacks import Callback, RunInfo, TaskRecord
 from .direct import DirectWalk, scan, walk
 from .errors import FeedError, NodeError, NumericsError, RunCancelled
@@ -111,12 +112,14 @@ class Engine:
     ``executor`` is ``"inline" | "threads" | "asyncio" | "processes" | "dask"`` or any
     ``concurrent.futures.Executor`` (which the engine uses but does not shut down).
     One engine may be used from many threads at once: each run has its own state.
+    ``intra_op_threads`` is how many BLAS/OpenMP threads each worker's kernels may use;
+    by default ``workers x intra_op_threads <= cores`` (see ``blas.py``).
     """
 
     def __init__(self, executor: Any = "threads", workers: int | None = None,
                  callbacks: Iterable[Callback] = (), *, check_numerics: bool = False,
                  inline_threshold: float = DEFAULT_INLINE_THRESHOLD, plan_cache_size: int = 256,
-                 simplify: bool = True):
+                 simplify: bool = True, intra_op_threads: int | None = None):
         if isinstance(executor, str):
             if executor not in EXECUTOR_NAMES:
                 raise ValueError(f"unknown executor {executor!r}; expected one of "
@@ -146,6 +149,9 @@ class Engine:
         self._direct_gets = 0  # plain gets that skipped compiling a plan (pooled kinds)
         self._lock = threading.Lock()
         self._owned: dict[str, Any] = {}  # pools this engine created: closed with it
+        #: BLAS/OpenMP threads per worker (see ``blas.py``); given back when the engine closes
+        self.intra_op = self._owned["intra_op"] = IntraOpThreads(
+            intra_op_threads, self.kind, self.workers, external=self._external is not None)
         self._closed = False
         self._finalizer = weakref.finalize(self, _shutdown_pools, self._owned)
 
@@ -188,7 +194,8 @@ class Engine:
                 pool.shutdown(wait=False, cancel_futures=True)
                 pool = None
             if pool is None:
-                pool = self._owned["pool"] = make_pool(self.kind, self.workers)
+                pool = self._owned["pool"] = make_pool(self.kind, self.workers,
+                                                       *self.intra_op.initializer())
             return pool
 
     # -- running dataflow nodes ----------------------------------------------------------

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import shared_arrays
@@ -99,21 +100,29 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def make_pool(kind: str, workers: int) -> Any:
-    """A new pool for a named executor kind (``None`` for ``inline``)."""
+def make_pool(kind: str, workers: int, initializer: Callable[..., None] | None = None,
+              initargs: tuple = ()) -> Any:
+    """A new pool for a named executor kind (``None`` for ``inline``). ``initializer``
+    runs in each worker as it starts (in a dask cluster's workers: once each, when the
+    cluster is up)."""
     if kind == "inline":
         return None
     if kind in ("threads", "asyncio"):
-        return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"dataflow-{kind}")
+        return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"dataflow-{kind}",
+                                     initializer=initializer, initargs=initargs)
     if kind == "processes":
         methods = multiprocessing.get_all_start_methods()
         method = "forkserver" if "forkserver" in methods else "spawn"
         return shared_arrays.ProcessPool(max_workers=workers,
-                                         mp_context=multiprocessing.get_context(method))
+                                         mp_context=multiprocessing.get_context(method),
+                                         initializer=initializer, initargs=initargs)
     if kind == "dask":
         from .dask_executor import DaskExecutor
 
-        return DaskExecutor(n_workers=workers)
+        pool = DaskExecutor(n_workers=workers)
+        if initializer is not None:
+            pool.client.run(initializer, *initargs)
+        return pool
     raise ValueError(f"unknown executor {kind!r}; expected one of {', '.join(EXECUTOR_NAMES)} "
                      "or a concurrent.futures.Executor")
 

@@ -488,10 +488,10 @@ def test_close_while_the_first_run_is_starting_its_pool(monkeypatch):
     creating = threading.Event()
     real_make_pool = engine_module.make_pool
 
-    def slow_make_pool(kind: str, workers: int) -> Any:
+    def slow_make_pool(kind: str, workers: int, *initializer: Any) -> Any:
         creating.set()
         time.sleep(0.3)
-        return real_make_pool(kind, workers)
+        return real_make_pool(kind, workers, *initializer)
 
     monkeypatch.setattr(engine_module, "make_pool", slow_make_pool)
     with df.Graph():

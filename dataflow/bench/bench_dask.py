@@ -1,6 +1,6 @@
 """Our dask executor against raw ``client.get`` and against our thread pool.
 
-``python -m benchmarks.bench_dask`` starts one ``LocalCluster`` (2 worker processes of
+``python -m dataflow.bench.bench_dask`` starts one ``LocalCluster`` (2 worker processes of
 one thread each, loopback) and times, per workload, the median wall time of a run:
 
 - ``threads``: ``Engine("threads", workers=2)``, no cluster at all;
@@ -17,17 +17,14 @@ gradient graph of the anchor MLP (784-512-512-10, batch 256, float64) and the an
 from __future__ import annotations
 
 import os
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
 
-# One BLAS thread per worker, as in the rest of the suite; set before numpy loads.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import numpy as np
 
-import sys  # noqa: E402
-import warnings  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
+from . import pin_blas_threads
 
 WARMUP, REPEAT = 2, 7
 
@@ -100,6 +97,9 @@ def main() -> int:
     import scheduler
     from scheduler.dask_executor import DaskExecutor
 
+    # One BLAS thread here and in each worker (they inherit the variables), as in the
+    # rest of the suite.
+    pin_blas_threads(1)
     workers = 2
     rows = []
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.bench_rewrite``: what ``simplify`` removes from the MLP
+"""``python -m dataflow.bench.bench_rewrite``: what ``simplify`` removes from the MLP
 gradient graph, and what gradient checkpointing saves on a 200-layer chain.
 
 1. Node counts of the MLP 784-512-512-10 (loss and parameter gradients) before and
@@ -159,7 +159,7 @@ def long_chain(n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_rewrite",
+    parser = argparse.ArgumentParser(prog="python -m dataflow.bench.bench_rewrite",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=200)
     parser.add_argument("--size", type=int, default=131072)

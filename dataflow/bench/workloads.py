@@ -221,7 +221,7 @@ def parallel_nodes() -> tuple:
     return out, dict(zip(xs, ms))
 
 
-# -- first contact: I/O-bound and GIL-bound tasks (benchmarks.first_contact) -------------------
+# -- first contact: I/O-bound and GIL-bound tasks (bench.first_contact) -------------------------
 
 LOOP_N = 2_000_000
 

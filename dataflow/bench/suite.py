@@ -1,8 +1,8 @@
 """The benchmark suite: each workload measured for this project and for its anchor in
 the same run, reported as ratios against the targets of the performance issue.
 
-BLAS is pinned to one thread for the whole suite (set before numpy is imported by
-``benchmarks.__main__``), so that inter-op parallelism is what the threads executor
+BLAS is pinned to one thread for the whole suite (``dataflow.bench.pin_blas_threads``,
+called by ``dataflow.bench.__main__``), so that inter-op parallelism is what the threads executor
 adds and both sides of every ratio run the same kernels.
 """
 
@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -180,6 +181,42 @@ def mlp() -> list[Row]:
     return rows
 
 
+def mlp_blas_threads(threads: int = 2) -> list[Row]:
+    """The float32 MLP step with BLAS on ``threads`` threads for every contender: the
+    engines through ``intra_op_threads`` (threads(2) then runs 2 x 2 BLAS threads when
+    both workers multiply at once), hand numpy through threadpoolctl."""
+    from threadpoolctl import threadpool_limits
+
+    params, x, y = w.mlp_params(np.float32)
+    model = mlp_graph(np.float32)
+    feeds = model.feeds(params, x, y)
+    fetches = [model.loss, *model.grads]
+    with threadpool_limits(limits=threads), \
+            scheduler.Engine("inline", intra_op_threads=threads) as inline, \
+            scheduler.Engine("threads", workers=2, intra_op_threads=threads) as thr:
+        numpy_time, *ours = interleaved([
+            lambda: w.numpy_mlp_step(params, x, y),
+            lambda: inline.run(fetches, feeds),
+            lambda: thr.run(fetches, feeds),
+        ], reps=30)
+    return [Row(f"MLP 784-512-512-10 float32, BLAS {threads} threads", kind, t * 1e3,
+                f"numpy hand backprop, BLAS {threads} threads", numpy_time * 1e3, "ms",
+                "(context)", None)
+            for kind, t in (("inline", ours[0]), ("threads(2)", ours[1]))]
+
+
+def tf1() -> list[Row]:
+    from .anchors import tf1_rows
+
+    return tf1_rows()
+
+
+def pytensor() -> list[Row]:
+    from .anchors import pytensor_rows
+
+    return pytensor_rows()
+
+
 def mlp_memory() -> list[Row]:
     params, x, y = w.mlp_params(np.float64)
     model = mlp_graph(np.float64)
@@ -260,6 +297,7 @@ SECTIONS = {
     "overhead": overhead,
     "tinyops": tiny_ops,
     "mlp": mlp,
+    "mlp_blas2": mlp_blas_threads,
     "memory": mlp_memory,
     "parallel": parallel,
     "gradients": gradient_build,
@@ -267,13 +305,17 @@ SECTIONS = {
     "gil": functools.partial(_first_contact, "gil"),
     "timeouts": functools.partial(_first_contact, "timeouts"),
     "firstrun": functools.partial(_first_contact, "firstrun"),
+    "tf1": tf1,
+    "pytensor": pytensor,
 }
+# The sections that measure the MLP: run again without the kernel variables on request.
+MLP_SECTIONS = ("mlp", "mlp_blas2")
 
 
 def format_table(rows: list[Row]) -> str:
     header = ("workload", "ours", "value", "anchor", "anchor value", "ratio", "target", "met")
-    lines = [[r.workload, r.ours, f"{r.ours_value:.3g} {r.unit}", r.anchor,
-              f"{r.anchor_value:.3g} {r.unit}", f"{r.ratio:.3f}", r.target,
+    lines = [[r.workload, r.ours, _value(r.ours_value, r.unit), r.anchor,
+              _value(r.anchor_value, r.unit), _value(r.ratio, "", ".3f"), r.target,
               {True: "yes", False: "NO", None: "n/a"}[r.ok]] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     out = [" | ".join(h.ljust(wd) for h, wd in zip(header, widths)),
@@ -282,35 +324,48 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def machine() -> str:
-    import os
-    import platform
-
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{platform.machine()}, {cpus} cores, Python {platform.python_version()}, "
-            f"numpy {np.__version__}, BLAS threads 1")
+def _value(value: float, unit: str, spec: str = ".3g") -> str:
+    if value != value:  # NaN: a skipped or context row
+        return "-"
+    return f"{value:{spec}} {unit}".rstrip()
 
 
-def run(sections: list[str] | None = None) -> list[Row]:
+def header() -> list[str]:
+    """What the tables ran on: ``dataflow doctor``'s report of the machine, its BLAS
+    kernels and threads and the variables steering them, and its flags (without the
+    probe, which would start subprocesses of its own)."""
+    from dataflow import doctor
+
+    found = doctor.inspect()
+    return doctor.header(found) + [f"! {f.kind}: {f.message}"
+                                   for f in doctor.findings(found, probe=None)]
+
+
+def run(sections: list[str] | None = None, unset: tuple[str, ...] = ()) -> list[Row]:
     """The rows of ``sections`` (default: all). One section runs in this process; several
     run each in a fresh interpreter, so that none measures the state another left
     behind: after the trivial-task section's large dicts, for instance, two threads
     allocating matrices fault pages in a grown heap and the parallel speedup of every
-    contender, the machine's own ceiling included, drops by 5-10%."""
+    contender, the machine's own ceiling included, drops by 5-10%. With ``unset``, every
+    section runs in a fresh interpreter without those environment variables."""
     names = sections or list(SECTIONS)
-    if len(names) == 1:
+    if len(names) == 1 and not unset:
         return SECTIONS[names[0]]()
     rows: list[Row] = []
     for name in names:
-        rows += run_isolated(name)
+        rows += run_isolated(name, unset)
     return rows
 
 
-def run_isolated(name: str) -> list[Row]:
-    """Run one section in a fresh ``python -m benchmarks --json``, which prints its rows
-    as JSON; its errors go to this process's stderr."""
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--json", name], cwd=root,
+def run_isolated(name: str, unset: tuple[str, ...] = ()) -> list[Row]:
+    """Run one section in a fresh ``python -m dataflow.bench --json``, which prints its
+    rows as JSON; its errors go to this process's stderr. The child imports the same
+    ``dataflow`` as this process, installed or from a checkout; ``unset`` names
+    variables removed from its environment (only there)."""
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    site = str(Path(df.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-m", "dataflow.bench", "--json", name], env=env,
                           stdout=subprocess.PIPE, text=True, check=True)
     return [Row(**fields) for fields in json.loads(done.stdout)]
 

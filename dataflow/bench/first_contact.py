@@ -23,11 +23,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 from .suite import Row, interleaved
 
-ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 5
 
 
@@ -37,7 +35,7 @@ def fresh_seconds(code: str) -> float:
     env = dict(os.environ)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, "1")
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
                           stdout=subprocess.PIPE, text=True, check=True)
     return float(done.stdout.split()[-1])
 
@@ -161,7 +159,7 @@ def timeouts() -> list[Row]:
 FIRST_RUN_DICT = """
 import os, time
 import scheduler
-from benchmarks import workloads as w
+from dataflow.bench import workloads as w
 dsk, out = w.parallel_graph()
 with scheduler.Engine("{executor}", workers=2) as engine:
     start = time.perf_counter()
@@ -172,7 +170,7 @@ with scheduler.Engine("{executor}", workers=2) as engine:
 FIRST_RUN_NODES = """
 import time
 import scheduler
-from benchmarks import workloads as w
+from dataflow.bench import workloads as w
 out, feeds = w.parallel_nodes()
 with scheduler.Engine("{executor}", workers=2) as engine:
     start = time.perf_counter()
@@ -202,7 +200,7 @@ SECTIONS = {
 }
 
 
-def main() -> None:  # ``python -m benchmarks.first_contact [section ...]``
+def main() -> None:  # ``python -m dataflow.bench.first_contact [section ...]``
     from .suite import format_table
 
     names = sys.argv[1:] or list(SECTIONS)

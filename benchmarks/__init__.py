@@ -1,1 +1,0 @@
-"""Benchmarks against the anchors: `make bench` or `python -m benchmarks`."""
