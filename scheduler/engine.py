@@ -34,7 +34,9 @@ proves expensive; everything else (callbacks, timeouts, numerics checks, plans w
 pool) goes through ``_Run``.
 
 On the first error nothing new starts, the tasks in flight are drained, and the error
-is raised as ``NodeError`` (TensorFlow's ``NodeDone``).
+is raised (TensorFlow's ``NodeDone``): a task's own exception as the original object
+with a note naming the node and op, a pool's failure (a worker died, a value that
+could not be sent) as ``NodeError``.
 """
 from __future__ import annotations
 
@@ -54,9 +56,10 @@ import numpy as np
 
 from .callbacks import Callback, RunInfo, TaskRecord
 from .direct import DirectWalk, scan, walk
-from .errors import FeedError, NodeError, NumericsError, RunCancelled
+from .errors import FeedError, NodeError, NumericsError, RunCancelled, add_node_note
 from .executors import (
     EXECUTOR_NAMES,
+    TaskRaised,
     call_chain,
     call_timed,
     default_workers,
@@ -400,7 +403,8 @@ def _walk(plan: Plan, values: list, cancel: threading.Event | None = None) -> No
     except RunCancelled:
         raise
     except Exception as exc:
-        raise NodeError(plan.names[p], plan.ops[p], exc) from exc
+        add_node_note(exc, plan.names[p], plan.ops[p])
+        raise
 
 
 def _steps(plan: Plan, cancel: threading.Event | None) -> Any:
@@ -488,7 +492,8 @@ def _timed_walk(plan: Plan, values: list, durations: dict[int, float],
     except RunCancelled:
         raise
     except Exception as exc:
-        raise NodeError(plan.names[p], plan.ops[p], exc) from exc
+        add_node_note(exc, plan.names[p], plan.ops[p])
+        raise
     return len(plan.steps)
 
 
@@ -741,7 +746,13 @@ class _Run:
         A closed engine's pool refuses new tasks and cancels queued ones: that is the
         run's error, not the task's. A broken pool (a worker process died) fails every
         task in flight with the same exception, in no telling order, so all of them are
-        named as suspects; a task the broken pool refused never ran and is not one."""
+        named as suspects; a task the broken pool refused never ran and is not one.
+
+        A task's own exception is the task's error (``p``); what the pool failed at (a
+        dead worker, a task, argument or result a process pool could not send) is a
+        ``NodeError`` naming the task, raised as the run's error (-1)."""
+        if isinstance(exc, TaskRaised):  # a worker process sent the task's own exception
+            return p, exc.original()
         if self.engine._closed and (not started or isinstance(exc, cf.CancelledError)):
             return -1, RuntimeError(
                 f"the engine was closed during the run ({len(self.plan.compute) - self.finished} "
@@ -752,7 +763,9 @@ class _Run:
             broken = type(exc)(f"{exc} A worker died while {len(suspects)} node(s) were in "
                                f"flight: {names}; one of them took it down.")
             broken.__cause__ = exc
-            return (p if started else suspects[0]), broken
+            return -1, _pool_failure(self.plan, p if started else suspects[0], broken)
+        if isinstance(exc, cf.BrokenExecutor) or isinstance(self.pool, cf.ProcessPoolExecutor):
+            return -1, _pool_failure(self.plan, p, exc)
         return p, exc
 
     # -- the driving loop --------------------------------------------------------------------
@@ -763,12 +776,12 @@ class _Run:
                 cb.start(self.info)
             self._loop()
             if self.error is not None:
-                # A task's own error (a nested run's NodeError included) is wrapped in
-                # a NodeError naming the task; the run's errors (p < 0) are raised as is.
+                # A task's own error (a nested run's included) is raised as is, with a
+                # note naming the task; the run's errors (p < 0) are raised as is.
                 p, exc = self.error
-                if p < 0:
-                    raise exc
-                raise NodeError(self.plan.names[p], self.plan.ops[p], exc) from exc
+                if p >= 0:
+                    add_node_note(exc, self.plan.names[p], self.plan.ops[p])
+                raise exc
             if not self.inline:
                 self.plan.learn(self.durations, self.engine._costs, self.engine.inline_threshold,
                                 pooled=self.pooled_durations)
@@ -858,6 +871,13 @@ def _finish_callbacks(callbacks: tuple[Callback, ...], info: RunInfo,
             first = first or exc
     if first is not None and error is None:
         raise first
+
+
+def _pool_failure(plan: Plan, p: int, exc: BaseException) -> NodeError:
+    """The ``NodeError`` for a pool that failed at task ``p`` (not the task itself)."""
+    error = NodeError(plan.names[p], plan.ops[p], exc)
+    error.__cause__ = exc
+    return error
 
 
 def _check_finite(plan: Plan, p: int, value: Any) -> None:
