@@ -74,7 +74,12 @@ def scan(source: TaskGraphSource, wanted: list, feeds: Mapping) -> DirectWalk:
             seen = state.get(key)
             if seen is None:  # first visit: push the deps not done yet
                 state[key] = False
-                deps = plain_args(tasks[key], tasks, graph_types)
+                try:
+                    task = tasks[key]
+                except KeyError:  # a missing dependency: the plan's walk names its dependent
+                    post_order(wanted, set(feeds), source.spec)
+                    raise
+                deps = plain_args(task, tasks, graph_types)
                 if deps is None:  # any other entry: the source's full spec
                     if feeds and key in feeds:
                         deps = ()

@@ -65,12 +65,28 @@ class RunCancelled(SchedulerError):
     ``run_async``); no node started after that."""
 
 
-class CycleError(SchedulerError, ValueError):
-    """The task graph has a cycle; ``path`` lists the keys around it."""
+class CycleError(SchedulerError, ValueError, RuntimeError):
+    """The task graph has a cycle; ``path`` lists the keys around it. Also a
+    ``RuntimeError``, which is what dask raises for a cycle."""
 
     def __init__(self, path: list):
         self.path = list(path)
         super().__init__("task graph has a cycle: " + " -> ".join(repr(k) for k in self.path))
+
+
+class UnknownKeyError(KeyError):
+    """A task graph has no such key (what a task graph source raises when asked)."""
+
+
+class MissingDependencyError(SchedulerError, ValueError):
+    """A task depends on a key that the task graph does not hold and nothing feeds:
+    dask's ``ValueError("Missing dependency ...")``. ``key`` is the missing key,
+    ``dependents`` the tasks found waiting for it."""
+
+    def __init__(self, key: object, dependents: list):
+        self.key = key
+        self.dependents = list(dependents)
+        super().__init__(f"Missing dependency {key!r} for dependents {self.dependents!r}")
 
 
 class NumericsError(SchedulerError, FloatingPointError):
