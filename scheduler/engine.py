@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from .callbacks import Callback, RunInfo, TaskRecord
+from .dask_compat import DaskGet
 from .direct import DirectWalk, scan, walk
 from .errors import FeedError, NodeError, NumericsError, RunCancelled, add_node_note
 from .executors import (
@@ -932,12 +933,23 @@ def run(fetches: Any, feeds: Mapping | None = None, *, executor: Any = "threads"
         return engine.run(fetches, feeds, timeout=timeout, callbacks=callbacks)
 
 
-def get(tasks: Mapping, keys: Any, executor: Any = "threads", workers: int | None = None, *,
+def get(tasks: Mapping, keys: Any, cache: Any = None, num_workers: int | None = None,
+        pool: Any = None, *, executor: Any = "threads", workers: int | None = None,
         feeds: Mapping | None = None, timeout: float | None = None,
-        callbacks: Iterable[Callback] = (), check_numerics: bool = False,
-        num_workers: int | None = None, **dask_options: Any) -> Any:
-    """Run a task graph ``{key: (callable, *args)}`` in dask's conventions; usable as
-    ``dask.compute(x, scheduler=scheduler.get)``. dask's other scheduler options
-    (``dask_options``) are accepted and ignored."""
-    with Engine(executor, workers or num_workers, check_numerics=check_numerics) as engine:
-        return engine.get(tasks, keys, feeds=feeds, timeout=timeout, callbacks=callbacks)
+        callbacks: Iterable[Any] = (), check_numerics: bool = False,
+        **dask_options: Any) -> Any:
+    """Run a task graph ``{key: (callable, *args)}`` in dask's conventions; a drop-in
+    for ``dask.threaded.get``: ``dask.compute(x, scheduler=scheduler.get)``.
+
+    dask's options: ``num_workers`` sizes the pool, ``pool`` is a
+    ``concurrent.futures.Executor`` or a ``multiprocessing.pool.ThreadPool`` to run on,
+    ``cache`` a dict of known values (it receives the requested ones); unset, they come
+    from ``dask.config``. ``callbacks`` takes ``scheduler.Callback`` objects and dask
+    callbacks; dask's active callbacks (``dask.diagnostics``) are honoured as dask does
+    (``scheduler/dask_compat.py``). Other dask options (``dask_options``) are accepted
+    and ignored. A task's own exception is raised as is, with a note naming it."""
+    call = DaskGet(tasks, keys, cache=cache, num_workers=num_workers, pool=pool,
+                   executor=executor, workers=workers, feeds=feeds, callbacks=callbacks)
+    with Engine(call.executor, call.workers, check_numerics=check_numerics) as engine:
+        return call.run(lambda tasks, feeds, cbs: engine.get(tasks, keys, feeds=feeds,
+                                                             timeout=timeout, callbacks=cbs))
