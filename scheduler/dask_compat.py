@@ -131,10 +131,10 @@ class DaskGet:
     def run(self, compute: Callable[[Any, Mapping | None, tuple], Any]) -> Any:
         """``compute(tasks, feeds, engine callbacks)`` inside dask's callback protocol;
         the requested values go into ``cache`` (if one was given)."""
-        if not self.use_global and not self.dask_callbacks:
-            result = compute(self.tasks, self.feeds, self.callbacks)
-        else:
+        if self.dask_callbacks or (self.use_global and _dask_callback_class().active):
             result = self._run_with_callbacks(compute)
+        else:  # no dask callback anywhere: Callback.active is left as it is (empty)
+            result = compute(self.tasks, self.feeds, self.callbacks)
         if self.cache is not None:
             _store(self.cache, self.keys, result)
         return result
@@ -150,8 +150,6 @@ class DaskGet:
             callback_class.active = set()
             hooks = [tuple(h) + (None,) * (5 - len(h)) for h in saved] + hooks
         try:
-            if not hooks:
-                return compute(self.tasks, self.feeds, self.callbacks)
             dsk = _as_mapping(self.tasks)
             adapter = DaskCallbacks(hooks, dsk)
             started: list[tuple] = []
