@@ -7,8 +7,10 @@ This module owns what makes ``scheduler.get`` a drop-in for ``dask.threaded.get`
 - **Options.** ``num_workers`` sizes the pool; ``pool`` is a
   ``concurrent.futures.Executor`` (used, never shut down) or a ``multiprocessing.pool``
   pool such as ``ThreadPool`` (wrapped as an executor, :class:`PoolExecutor`);
-  ``cache`` is a dict of values already known, used instead of computing those keys
-  (also for keys the graph lacks), and it receives the values of the requested keys.
+  ``cache`` is dask's scheduler cache: a dict of values already known, used instead
+  of computing those keys (also for keys the graph lacks); as in dask, it is the run's
+  ``state["cache"]``: data and computed values go in as they become available, and
+  leave once released, so the requested values are there at the end.
   When not passed, ``pool``, ``num_workers`` and ``cache`` come from ``dask.config``.
 - **Callbacks.** ``dask.callbacks.Callback`` objects, and dask's 5-tuples of hooks,
   passed as ``callbacks=`` or active globally (``with ProgressBar():``,
@@ -131,11 +133,12 @@ class DaskGet:
     def run(self, compute: Callable[[Any, Mapping | None, tuple], Any]) -> Any:
         """``compute(tasks, feeds, engine callbacks)`` inside dask's callback protocol;
         the requested values go into ``cache`` (if one was given)."""
-        if self.dask_callbacks or (self.use_global and _dask_callback_class().active):
+        if (self.dask_callbacks or self.cache is not None
+                or (self.use_global and _dask_callback_class().active)):
             result = self._run_with_callbacks(compute)
         else:  # no dask callback anywhere: Callback.active is left as it is (empty)
-            result = compute(self.tasks, self.feeds, self.callbacks)
-        if self.cache is not None:
+            return compute(self.tasks, self.feeds, self.callbacks)
+        if self.cache is not None:  # a requested key that nothing reached (no task ran)
             _store(self.cache, self.keys, result)
         return result
 
@@ -151,7 +154,7 @@ class DaskGet:
             hooks = [tuple(h) + (None,) * (5 - len(h)) for h in saved] + hooks
         try:
             dsk = _as_mapping(self.tasks)
-            adapter = DaskCallbacks(hooks, dsk)
+            adapter = DaskCallbacks(hooks, dsk, self.cache)
             started: list[tuple] = []
             failed = True
             try:
@@ -191,8 +194,10 @@ class DaskCallbacks(Callback):
     unless it was requested. ``ready`` is a set here (dask keeps a list in its own
     priority order; the engine has its own)."""
 
-    def __init__(self, hooks: list[tuple], dsk: Mapping):
+    def __init__(self, hooks: list[tuple], dsk: Mapping, cache: Any = None):
         self.dsk = dsk
+        #: the caller's cache (``cache=``), kept as the state's cache; else a new dict
+        self.cache = cache
         self.start_states = [h[1] for h in hooks if h[1]]
         self.pretasks = [h[2] for h in hooks if h[2]]
         self.posttasks = [h[3] for h in hooks if h[3]]
@@ -221,9 +226,14 @@ class DaskCallbacks(Callback):
             else:
                 ready.add(keys[p])
         self._wanted = {keys[p] for p in plan.fetch_positions}
+        cache = {} if self.cache is None else self.cache
+        fed = {p for p, _, _ in plan.feed_slots}
+        for p, key in enumerate(keys):
+            if is_source[p] and p not in fed and key not in cache:
+                cache[key] = plan.template[p]  # data of the graph, as dask starts its cache
         self.state = {
             "dependencies": dependencies, "dependents": dependents, "waiting": waiting,
-            "waiting_data": waiting_data, "cache": {}, "ready": ready, "running": set(),
+            "waiting_data": waiting_data, "cache": cache, "ready": ready, "running": set(),
             "finished": set(), "released": set(),
         }
         for f in self.start_states:
@@ -264,7 +274,8 @@ class DaskCallbacks(Callback):
             left.discard(key)
             if not left and parent not in self._wanted:
                 del waiting_data[parent]
-                cache.pop(parent, None)
+                if parent in cache:
+                    del cache[parent]
                 released.add(parent)
         state["finished"].add(key)
         state["running"].discard(key)

@@ -231,6 +231,22 @@ def test_cache_gives_values_and_receives_results():
         assert scheduler.get(dsk, ["z"]) == (21,)
 
 
+def test_cache_is_the_runs_cache_as_in_dask():
+    """dask's own ``test_cache_options``: the cache holds the data while tasks run, and
+    ends as dask's does (values released once their dependents ran)."""
+    caches = {}
+    for name, get in (("dask", dask.get), ("ours", scheduler.get)):
+        cache = caches[name] = {}
+
+        def inc2(v, cache=cache):
+            assert "y" in cache
+            return v + 1
+
+        with dask.config.set(cache=cache):
+            assert get({"x": (inc2, "y"), "y": 1, "z": (inc, "x")}, "z") == 3
+    assert caches["ours"] == caches["dask"] == {"z": 3}
+
+
 class TestGetWithAThreadPool(GetFunctionTestMixin):
     """dask's own get-function tests, on a caller's ``multiprocessing`` ThreadPool."""
 
