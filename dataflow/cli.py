@@ -54,7 +54,11 @@ def _report(message: str) -> None:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"  # not "[Errno 2] No such file ..."
-    return str(exc) or type(exc).__name__
+    message = str(exc) or type(exc).__name__
+    notes = getattr(exc, "__notes__", None)  # a node's error names the node in a note
+    if isinstance(notes, list) and notes:
+        message += " (" + "; ".join(map(str, notes)) + ")"
+    return message
 
 
 def _is_user_error(exc: BaseException) -> bool:

@@ -15,6 +15,7 @@ from .engine import Engine, close_default_engines, default_engine, get, run
 from .errors import (
     CycleError,
     FeedError,
+    MissingDependencyError,
     NodeError,
     NumericsError,
     RunCancelled,
@@ -26,7 +27,8 @@ from .progress import ProgressBar, progress
 from .spec import NO_VALUE, TaskSpec
 
 __all__ = [
-    "Callback", "CycleError", "Engine", "FeedError", "NO_VALUE", "NodeError", "NodeRecord",
+    "Callback", "CycleError", "Engine", "FeedError", "MissingDependencyError", "NO_VALUE",
+    "NodeError", "NodeRecord",
     "NumericsError", "Plan", "Profiler", "ProgressBar", "RunCancelled", "RunInfo", "RunProfile",
     "SchedulerError", "close_default_engines", "default_engine",
     "TaskRecord", "TaskSpec", "get", "progress", "run",

@@ -18,8 +18,9 @@ here. Instead :meth:`DaskExecutor.run_plan` sends the whole plan at once:
    intermediate values as their consumers finish.
 
 Errors: a kernel that raises inside a fused task is reported as ``_TaskFailed`` with
-the node's plan position, which the client turns back into ``NodeError`` naming the
-node and op (the original exception is ``__cause__``). Profiling: when callbacks are
+the node's plan position, which the client turns back into the kernel's own exception
+with a note naming the node and op; a worker that died is a ``NodeError`` naming the
+nodes of its task. Profiling: when callbacks are
 registered (or a timeout is set), each task records ``perf_counter`` timings of its
 nodes on the worker; after the run they are collected with one ``client.run`` and fed
 to the callbacks as ``TaskRecord``s whose ``worker`` is the dask worker's address.
@@ -49,7 +50,7 @@ from weakref import WeakKeyDictionary
 import numpy as np
 
 from .callbacks import Callback, RunInfo, TaskRecord
-from .errors import NodeError, NumericsError, SchedulerError
+from .errors import NodeError, NumericsError, add_node_note
 from .executors import default_workers
 from .plan import Plan
 
@@ -450,8 +451,8 @@ class DaskExecutor(cf.Executor):
         if error is not None:
             self._replay(plan, layout, records, {}, callbacks, info)
             translated = self._translate(plan, layout, error, records)
-            if translated is error:
-                raise error
+            if translated is error or translated is _cause(error):  # a task's own, as is
+                raise translated
             raise translated from _cause(error)
         out = dict(zip(layout.outputs, results, strict=True))
         fetched = {p: values[p] if plan.is_source[p] else out[layout.task_of[p]]
@@ -494,11 +495,9 @@ class DaskExecutor(cf.Executor):
             p, _, _, original, nonfinite = error.args
             if nonfinite is not None:
                 return NumericsError(plan.names[p], plan.ops[p], nonfinite)
-            if isinstance(original, SchedulerError):
-                return original
             if original.__traceback__ is None:
                 original.__traceback__ = error.__traceback__
-            return NodeError(plan.names[p], plan.ops[p], original)
+            return add_node_note(original, plan.names[p], plan.ops[p])
         if isinstance(error, TimeoutError) or type(error).__name__ == "TimeoutError":
             done = {r[0] for r in records}
             unfinished = [plan.names[p] for p in plan.compute if p not in done]

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-from .errors import NodeError
+from .errors import add_node_note
 from .plan import post_order
 from .taskgraph import TaskGraphSource, cost_key_of, func_name, plain_args
 
@@ -74,7 +74,12 @@ def scan(source: TaskGraphSource, wanted: list, feeds: Mapping) -> DirectWalk:
             seen = state.get(key)
             if seen is None:  # first visit: push the deps not done yet
                 state[key] = False
-                deps = plain_args(tasks[key], tasks, graph_types)
+                try:
+                    task = tasks[key]
+                except KeyError:  # a missing dependency: the plan's walk names its dependent
+                    post_order(wanted, set(feeds), source.spec)
+                    raise
+                deps = plain_args(task, tasks, graph_types)
                 if deps is None:  # any other entry: the source's full spec
                     if feeds and key in feeds:
                         deps = ()
@@ -126,7 +131,8 @@ def scan(source: TaskGraphSource, wanted: list, feeds: Mapping) -> DirectWalk:
 
 def walk(direct: DirectWalk) -> dict:
     """Run the scanned tasks in order on this thread; returns the values by key (the
-    wanted ones all there). A task that raises is reported as ``NodeError``."""
+    wanted ones all there). A task that raises gives its own exception, with a note
+    naming the task (``errors.add_node_note``)."""
     values = direct.values
     dies = direct.dies.get
     i = -1
@@ -141,5 +147,6 @@ def walk(direct: DirectWalk) -> dict:
         key, kernel, _ = direct.steps[i]
         spec = direct.specs.get(key)
         name = key if type(key) is str else str(key)
-        raise NodeError(name, spec.op if spec is not None else func_name(kernel), exc) from exc
+        add_node_note(exc, name, spec.op if spec is not None else func_name(kernel))
+        raise
     return values

@@ -47,9 +47,11 @@ dead values (its learning runs time every task and hand over to the pooled drive
 a kind of task proves expensive); everything else goes through ``_Run``.
 
 On the first error nothing new starts, the tasks in flight are drained, and the error
-is raised as ``NodeError`` (TensorFlow's ``NodeDone``). ``timeout=`` raises
-``TimeoutError`` naming the running nodes as soon as the deadline passes (on the
-``inline`` executor, between two tasks); a run whose tasks all finished returns.
+is raised (TensorFlow's ``NodeDone``): a task's own exception as the original object
+with a note naming the node and op, a pool's failure (a worker died, a value that
+could not be sent) as ``NodeError``. ``timeout=`` raises ``TimeoutError`` naming the
+running nodes as soon as the deadline passes (on the ``inline`` executor, between two
+tasks); a run whose tasks all finished returns.
 """
 from __future__ import annotations
 
@@ -72,10 +74,12 @@ import numpy as np
 
 from .blas import IntraOpThreads
 from .callbacks import Callback, RunInfo, TaskRecord
+from .dask_compat import DaskGet
 from .direct import DirectWalk, scan, walk
-from .errors import FeedError, NodeError, NumericsError, RunCancelled
+from .errors import FeedError, NodeError, NumericsError, RunCancelled, add_node_note
 from .executors import (
     EXECUTOR_NAMES,
+    TaskRaised,
     call_chain,
     call_timed,
     default_workers,
@@ -436,7 +440,8 @@ def _walk(plan: Plan, values: list, cancel: threading.Event | None = None) -> No
     except RunCancelled:
         raise
     except Exception as exc:
-        raise NodeError(plan.names[p], plan.ops[p], exc) from exc
+        add_node_note(exc, plan.names[p], plan.ops[p])
+        raise
 
 
 def _steps(plan: Plan, cancel: threading.Event | None) -> Any:
@@ -524,7 +529,8 @@ def _timed_walk(plan: Plan, values: list, durations: dict[int, float],
     except RunCancelled:
         raise
     except Exception as exc:
-        raise NodeError(plan.names[p], plan.ops[p], exc) from exc
+        add_node_note(exc, plan.names[p], plan.ops[p])
+        raise
     return len(plan.steps)
 
 
@@ -784,7 +790,13 @@ class _Run:
         A closed engine's pool refuses new tasks and cancels queued ones: that is the
         run's error, not the task's. A broken pool (a worker process died) fails every
         task in flight with the same exception, in no telling order, so all of them are
-        named as suspects; a task the broken pool refused never ran and is not one."""
+        named as suspects; a task the broken pool refused never ran and is not one.
+
+        A task's own exception is the task's error (``p``); what the pool failed at (a
+        dead worker, a task, argument or result a process pool could not send) is a
+        ``NodeError`` naming the task, raised as the run's error (-1)."""
+        if isinstance(exc, TaskRaised):  # a worker process sent the task's own exception
+            return p, exc.original()
         if self.engine._closed and (not started or isinstance(exc, cf.CancelledError)):
             return -1, RuntimeError(
                 f"the engine was closed during the run ({len(self.plan.compute) - self.finished} "
@@ -795,7 +807,9 @@ class _Run:
             broken = type(exc)(f"{exc} A worker died while {len(suspects)} node(s) were in "
                                f"flight: {names}; one of them took it down.")
             broken.__cause__ = exc
-            return (p if started else suspects[0]), broken
+            return -1, _pool_failure(self.plan, p if started else suspects[0], broken)
+        if isinstance(exc, cf.BrokenExecutor) or isinstance(self.pool, cf.ProcessPoolExecutor):
+            return -1, _pool_failure(self.plan, p, exc)
         return p, exc
 
     # -- the driving loop --------------------------------------------------------------------
@@ -806,12 +820,12 @@ class _Run:
                 cb.start(self.info)
             self._loop()
             if self.error is not None:
-                # A task's own error (a nested run's NodeError included) is wrapped in
-                # a NodeError naming the task; the run's errors (p < 0) are raised as is.
+                # A task's own error (a nested run's included) is raised as is, with a
+                # note naming the task; the run's errors (p < 0) are raised as is.
                 p, exc = self.error
-                if p < 0:
-                    raise exc
-                raise NodeError(self.plan.names[p], self.plan.ops[p], exc) from exc
+                if p >= 0:
+                    add_node_note(exc, self.plan.names[p], self.plan.ops[p])
+                raise exc
             if not self.inline:
                 self.plan.learn(self.durations, self.engine._costs, self.engine.inline_threshold,
                                 pooled=self.pooled_durations)
@@ -943,6 +957,13 @@ def _finish_callbacks(callbacks: tuple[Callback, ...], info: RunInfo,
         raise first
 
 
+def _pool_failure(plan: Plan, p: int, exc: BaseException) -> NodeError:
+    """The ``NodeError`` for a pool that failed at task ``p`` (not the task itself)."""
+    error = NodeError(plan.names[p], plan.ops[p], exc)
+    error.__cause__ = exc
+    return error
+
+
 def _check_finite(plan: Plan, p: int, value: Any) -> None:
     if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "fc":
         if not np.isfinite(value).all():
@@ -1044,17 +1065,29 @@ def run(fetches: Any, feeds: Mapping | None = None, *, executor: Any = "threads"
         return engine.run(fetches, feeds, timeout=timeout, callbacks=callbacks)
 
 
-def get(tasks: Mapping, keys: Any, executor: Any = "threads", workers: int | None = None, *,
+def get(tasks: Mapping, keys: Any, cache: Any = None, num_workers: int | None = None,
+        pool: Any = None, *, executor: Any = "threads", workers: int | None = None,
         feeds: Mapping | None = None, timeout: float | None = None,
-        callbacks: Iterable[Callback] = (), check_numerics: bool = False,
-        num_workers: int | None = None, **dask_options: Any) -> Any:
-    """Run a task graph ``{key: (callable, *args)}`` in dask's conventions on the shared
-    default engine for ``executor`` and ``workers`` (see :func:`default_engine`); usable
-    as ``dask.compute(x, scheduler=scheduler.get)``. dask's other scheduler options
-    (``dask_options``) are accepted and ignored."""
-    engine = default_engine(executor, workers or num_workers, check_numerics=check_numerics)
-    with _closing_if_own(engine, executor):
-        return engine.get(tasks, keys, feeds=feeds, timeout=timeout, callbacks=callbacks)
+        callbacks: Iterable[Any] = (), check_numerics: bool = False,
+        **dask_options: Any) -> Any:
+    """Run a task graph ``{key: (callable, *args)}`` in dask's conventions; a drop-in
+    for ``dask.threaded.get``: ``dask.compute(x, scheduler=scheduler.get)``.
+
+    It runs on the shared default engine for ``executor`` and ``workers`` (see
+    :func:`default_engine`), so pools and learned costs carry over between calls.
+    dask's options: ``num_workers`` sizes the pool, ``pool`` is a
+    ``concurrent.futures.Executor`` or a ``multiprocessing.pool.ThreadPool`` to run on,
+    ``cache`` a dict of known values (it receives the requested ones); unset, they come
+    from ``dask.config``. ``callbacks`` takes ``scheduler.Callback`` objects and dask
+    callbacks; dask's active callbacks (``dask.diagnostics``) are honoured as dask does
+    (``scheduler/dask_compat.py``). Other dask options (``dask_options``) are accepted
+    and ignored. A task's own exception is raised as is, with a note naming it."""
+    call = DaskGet(tasks, keys, cache=cache, num_workers=num_workers, pool=pool,
+                   executor=executor, workers=workers, feeds=feeds, callbacks=callbacks)
+    engine = default_engine(call.executor, call.workers, check_numerics=check_numerics)
+    with _closing_if_own(engine, call.executor):
+        return call.run(lambda tasks, feeds, cbs: engine.get(tasks, keys, feeds=feeds,
+                                                             timeout=timeout, callbacks=cbs))
 
 
 @contextlib.contextmanager

@@ -71,19 +71,46 @@ def call_chain(steps: list[tuple], stop: threading.Event
     return results, None, worker_name()
 
 
+class TaskRaised(Exception):
+    """Carries a task's own exception back from a worker process.
+
+    A process pool reports a task, argument or result that could not be pickled as a
+    bare exception of the pickling error's type, which a task could raise too; a task's
+    own exception comes back wrapped in this instead, so that the driver can tell the
+    two apart (the first is the pool's failure, the second the task's)."""
+
+    def original(self) -> BaseException:
+        """The task's exception; the worker's formatted traceback becomes its cause
+        (pickling drops the traceback and the cause)."""
+        exc = self.args[0]
+        if exc.__cause__ is None and self.__cause__ is not None:
+            exc.__cause__ = self.__cause__
+        return exc
+
+
+def call_timed_isolated(kernel: Any, args: tuple) -> tuple[Any, float, float, str]:
+    """``call_timed`` in a worker process: the task's own exception goes back as
+    ``TaskRaised``."""
+    try:
+        return call_timed(kernel, args)
+    except BaseException as exc:  # noqa: BLE001 - any task error, unpacked by the driver
+        raise TaskRaised(exc) from exc
+
+
 def call_timed_shared(kernel: Any, call: shared_arrays.SharedCall) -> tuple[Any, float, float, str]:
     """``call_timed`` in a process pool's worker, large arrays crossing as shared memory:
     the arguments of ``call`` are mapped read-only, a large array result goes back as a
     handle (see ``shared_arrays``)."""
-    value, start, end, worker = call_timed(kernel, shared_arrays.open_args(call))
+    value, start, end, worker = call_timed_isolated(kernel, shared_arrays.open_args(call))
     return shared_arrays.share_result(value, call), start, end, worker
 
 
 def submit_shared(pool: cf.ProcessPoolExecutor, kernel: Any, args: tuple) -> cf.Future:
     """``pool.submit(call_timed, kernel, args)`` for a process pool, with large arrays
-    passed through shared memory both ways; the future's result is ``call_timed``'s."""
+    passed through shared memory both ways; the future's result is ``call_timed``'s,
+    a task's own exception comes back as ``TaskRaised``."""
     if not shared_arrays.AVAILABLE:
-        return pool.submit(call_timed, kernel, args)
+        return pool.submit(call_timed_isolated, kernel, args)
     return shared_arrays.submit(pool, call_timed_shared, kernel, args)
 
 

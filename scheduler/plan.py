@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import CycleError, FeedError
+from .errors import CycleError, FeedError, MissingDependencyError, UnknownKeyError
 from .spec import NO_VALUE, TaskSpec
 
 SpecOf = Callable[[Hashable], TaskSpec]
@@ -340,7 +340,8 @@ def gc_paused() -> Iterator[None]:
 def post_order(fetch_keys: Sequence[Hashable], fed: set,
                 spec_of: SpecOf) -> tuple[list[Hashable], list[TaskSpec]]:
     """Depth-first post-order of the tasks the fetches need, without recursion.
-    Raises ``CycleError`` with the path when the walk meets a task on its own stack.
+    Raises ``CycleError`` with the path when the walk meets a task on its own stack,
+    ``MissingDependencyError`` when a task needs a key the graph does not have.
     A fed key's spec loses its dependencies: its value cuts its ancestors off."""
     order: list[Hashable] = []
     specs: list[TaskSpec] = []
@@ -362,7 +363,10 @@ def post_order(fetch_keys: Sequence[Hashable], fed: set,
                 if seen is False:
                     path = [k for k, _, _ in stack]
                     raise CycleError(path[path.index(dep):] + [dep])
-                dep_spec = spec_of(dep)
+                try:
+                    dep_spec = spec_of(dep)
+                except UnknownKeyError:
+                    raise MissingDependencyError(dep, [key]) from None
                 if fed and dep in fed:
                     dep_spec = dep_spec._replace(deps=())
                 state[dep] = False

@@ -36,6 +36,7 @@ from functools import partial
 from operator import itemgetter
 from typing import Any
 
+from scheduler.errors import UnknownKeyError
 from scheduler.placement import stable_cost_key
 from scheduler.spec import NO_VALUE, TaskSpec
 
@@ -439,9 +440,13 @@ class TaskGraphSource:
         return f"<TaskGraphSource of {len(self.tasks)} tasks>"
 
     def spec(self, key: Hashable) -> TaskSpec:
-        """The spec of ``key``; ``KeyError`` if the graph has no such key."""
+        """The spec of ``key``; ``UnknownKeyError`` (a ``KeyError``) if the graph has no
+        such key."""
         tasks = self.tasks
-        value = tasks[key]
+        try:
+            value = tasks[key]
+        except KeyError:
+            raise UnknownKeyError(key) from None
         dt = self._dask_types
         name = key if type(key) is str else str(key)
 

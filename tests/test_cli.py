@@ -358,3 +358,17 @@ def test_user_error_in_a_real_process(tmp_path):
                               text=True, timeout=120)
         assert_one_line_error(proc.returncode, proc.stderr)
         assert proc.stdout == ""
+
+
+def test_a_node_that_fails_is_named_in_the_one_line_error(tmp_path, capsys):
+    """A node's own error (a ValueError here) reaches the CLI as raised; the note that
+    names the node is part of the one line."""
+    with df.Graph() as g:
+        labels = df.placeholder("labels", (None,), dtype=np.int64)
+        encoded = df.one_hot(labels, 3)
+    graph_path = tmp_path / "graph.json"
+    df.save(g, graph_path)
+    np.save(tmp_path / "labels.npy", np.array([5]))
+    code, _, err = cli(["run", str(graph_path), "--feed", f"labels={tmp_path / 'labels.npy'}",
+                        "--fetch", encoded.name, "--out", str(tmp_path / "out.npz")], capsys)
+    assert_one_line_error(code, err, "labels must lie in", f"node {encoded.name!r}")

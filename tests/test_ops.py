@@ -486,9 +486,9 @@ def test_softmax_cross_entropy_rejects_out_of_range_labels() -> None:
     with df.Graph():
         z = df.placeholder("z", (2, 3))
         loss = df.softmax_cross_entropy(z, np.array([0, 3]))
-    with pytest.raises(scheduler.NodeError) as info:
+    with pytest.raises(ValueError, match="labels must lie in") as info:
         run(loss, {z: np.zeros((2, 3))})
-    assert "one_hot" in str(info.value)
+    assert any("one_hot" in note for note in info.value.__notes__)
 
 
 def test_integer_inputs_work_forward_and_cast_into_float_gradients() -> None:

@@ -211,7 +211,7 @@ def test_errored_run_is_recorded():
         raise ValueError("boom")
 
     prof = Profiler()
-    with pytest.raises(scheduler.NodeError):
+    with pytest.raises(ValueError):
         scheduler.get({"a": (lambda: 1,), "b": (boom, "a")}, "b", executor="inline",
                       callbacks=[prof])
     assert [r.node for r in prof.records] == ["a"]
@@ -382,7 +382,7 @@ def test_progress_bar_closes_when_the_run_fails():
         raise ValueError("boom")
 
     bar = ProgressBar(file=io.StringIO())
-    with pytest.raises(scheduler.NodeError):
+    with pytest.raises(ValueError):
         scheduler.get({"a": (lambda: 1,), "b": (boom, "a")}, "b", executor="inline",
                       callbacks=[bar])
     assert not bar._bars and bar.completed == 1

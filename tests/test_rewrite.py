@@ -307,7 +307,7 @@ def test_folding_leaves_failures_and_warnings_to_run_time():
         labels = df.one_hot(df.constant(np.array([5])), 3)              # raises in forward
     assert df.simplify(bad).op.name == "log"
     assert df.simplify(labels).op.name == "one_hot"
-    with pytest.raises(scheduler.NodeError, match="one_hot"):
+    with pytest.raises(ValueError, match="one_hot"):
         with scheduler.Engine("inline") as engine:
             engine.run(labels)
 

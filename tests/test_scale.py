@@ -18,7 +18,7 @@ from engines import make_engine
 
 import dataflow as df
 import scheduler
-from scheduler import NodeError, NumericsError
+from scheduler import NumericsError
 from scheduler.taskgraph import TaskGraphSource
 
 N = 100_000
@@ -61,7 +61,7 @@ def test_100k_chain_forward_gradient_repr_and_errors(default_recursion_limit):
             value, grad = engine.run([h, gx], feeds)
             np.testing.assert_allclose(value, c ** N * [1.0, 2.0], rtol=1e-9)
             np.testing.assert_allclose(grad, c ** N, rtol=1e-9)
-        with pytest.raises(NodeError, match="after_the_chain"):
+        with pytest.raises(ArithmeticError, match="after_the_chain"):
             engine.run(broken, feeds)
         with pytest.raises(TimeoutError) as info:
             engine.run(broken, feeds, timeout=1e-9)
@@ -354,7 +354,7 @@ def test_empty_arrays_through_every_kind_of_op():
     with df.Graph():
         e = df.placeholder("e", (None,))
         top = df.max(e)
-    with pytest.raises(NodeError, match="'max'"):
+    with pytest.raises(ValueError, match="'max'"):
         scheduler.run(top, {e: np.zeros(0)})
 
 
