@@ -293,6 +293,12 @@ def _first_contact(section: str) -> list[Row]:
     return first_contact.SECTIONS[section]()
 
 
+def _dask_workloads() -> list[Row]:
+    from .bench_dask_workloads import dask_workloads  # dask's collections, through get
+
+    return dask_workloads()
+
+
 SECTIONS = {
     "overhead": overhead,
     "tinyops": tiny_ops,
@@ -307,6 +313,7 @@ SECTIONS = {
     "firstrun": functools.partial(_first_contact, "firstrun"),
     "tf1": tf1,
     "pytensor": pytensor,
+    "daskwork": lambda: _dask_workloads(),
 }
 # The sections that measure the MLP: run again without the kernel variables on request.
 MLP_SECTIONS = ("mlp", "mlp_blas2")
