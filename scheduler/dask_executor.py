@@ -381,10 +381,12 @@ class DaskExecutor(cf.Executor):
         layout = self.layout(plan, check_numerics)
         info = RunInfo(plan, executor_name, self._max_workers, time.perf_counter(),
                        [plan.keys[p] for p in plan.fetch_positions])
-        for cb in callbacks:
-            cb.start(info)
         failure: BaseException | None = None
         try:
+            # Inside the ``try``: when a ``start`` raises, every ``finish`` still runs
+            # (those whose ``start`` never ran included), as on the other executors.
+            for cb in callbacks:
+                cb.start(info)
             return self._run(plan, layout, values, deadline, callbacks, info)
         except BaseException as exc:
             failure = exc

@@ -415,3 +415,40 @@ def test_core_imports_without_distributed_and_dask_names_the_extra():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------- reliability
+
+class RaisingIn(Callback):
+    def __init__(self, hook: str):
+        self.hook = hook
+
+    def _maybe(self, hook: str) -> None:
+        if hook == self.hook:
+            raise RuntimeError(f"callback broke in {hook}")
+
+    def start(self, run):
+        self._maybe("start")
+
+    def pretask(self, run, position):
+        self._maybe("pretask")
+
+    def posttask(self, run, record):
+        self._maybe("posttask")
+
+    def finish(self, run, error):
+        self._maybe("finish")
+
+
+@pytest.mark.parametrize("hook", ["start", "pretask", "posttask", "finish"])
+def test_a_raising_callback_still_lets_every_finish_run(local_executor, hook):
+    dsk = {"x": 1, "a": (inc, "x"), "b": (inc, "a"), "c": (add, "a", "b")}
+    before, after = Recorder(), Recorder()
+    with pytest.raises(RuntimeError, match=f"callback broke in {hook}"):
+        scheduler.get(dsk, "c", executor=local_executor,
+                      callbacks=[before, RaisingIn(hook), after])
+    for rec in (before, after):
+        assert rec.finished == 1
+        if hook != "finish":
+            assert isinstance(rec.error, RuntimeError)
+    assert scheduler.get(dsk, "c", executor=local_executor, callbacks=[before]) == 5
