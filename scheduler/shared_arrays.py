@@ -490,33 +490,42 @@ def submit(pool: cf.Executor, fn: Any, kernel: Any, args: tuple) -> cf.Future:
         raise
     outer: cf.Future = cf.Future()
     deferred = isinstance(pool, ProcessPool)
+    # Cancelling the returned future cancels the task too, if it has not started (its
+    # pins are then released at once); a task already running ends on its own.
+    outer.add_done_callback(lambda f: f.cancelled() and inner.cancel())
     inner.add_done_callback(lambda f: _settle(f, outer, sharing, pins, deferred))
     return outer
 
 
 def _settle(inner: cf.Future, outer: cf.Future, sharing: Sharing, pins: list,
             deferred: bool) -> None:
-    """The task's future is done: release its pins, then settle ``outer`` (always)."""
+    """The task's future is done: release its pins, open its result blocks (which
+    unlinks their names, whether or not anyone wants the result), then settle
+    ``outer``, unless its holder cancelled it meanwhile (a run that timed out or was
+    cancelled abandons the tasks it had in flight): a cancelled future takes no result."""
     cancelled = inner.cancelled()
     exc = None if cancelled else inner.exception()
     try:
         sharing.release(pins, keep_names=deferred and isinstance(exc, BrokenProcessPool))
     except Exception:  # noqa: BLE001 - best effort; the future must settle regardless
         pass
-    if cancelled:
+    if cancelled:  # (only this function ever settles ``outer``)
         outer.cancel()
         outer.set_running_or_notify_cancel()
         return
-    if exc is not None:
-        outer.set_exception(exc)
-        return
+    if exc is None:
+        try:
+            result = tuple(open_result(v) if type(v) is ArrayHandle else v
+                           for v in inner.result())
+        except BaseException as err:  # noqa: BLE001 - the task's error
+            exc = err
     try:
-        result = tuple(open_result(v) if type(v) is ArrayHandle else v
-                       for v in inner.result())
-    except BaseException as err:  # noqa: BLE001 - the task's error
-        outer.set_exception(err)
-        return
-    outer.set_result(result)
+        if exc is not None:
+            outer.set_exception(exc)
+        else:
+            outer.set_result(result)
+    except cf.InvalidStateError:  # cancelled by its holder while this ran
+        pass
 
 
 # -- sweeping ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import gc
+import logging
 import multiprocessing
 import os
 import pickle
@@ -342,6 +343,19 @@ def test_a_timed_out_run_leaves_no_blocks_once_its_tasks_end():
         with pytest.raises(TimeoutError):
             eng.get(tasks, "y", timeout=0.1)
     assert sa.leftovers() == []
+
+
+def test_an_abandoned_task_ending_after_a_timeout_logs_no_callback_error(caplog):
+    tasks = {"x": np.ones(MB8), "y": (slow_big, "x"), "small": (slow_big, 1.0)}
+    with processes() as eng:
+        eng.get(tasks, "small")  # start the workers
+        for key in ("y", "small"):  # with and without a shared-memory argument
+            with pytest.raises(TimeoutError):
+                eng.get(tasks, key, timeout=0.1)
+        time.sleep(0.5)  # the abandoned tasks end, and report back to nobody
+        assert np.array_equal(eng.get(tasks, "y"), np.full(MB8, 2.0))
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 def test_a_dead_worker_leaves_no_blocks():
