@@ -648,7 +648,9 @@ class _Run:
             if chain is not None:
                 future = self.pool.submit(call_chain, self._chain_steps(chain, args), self.stop)
             elif isinstance(self.pool, cf.ProcessPoolExecutor):  # large arrays via shared memory
-                future = submit_shared(self.pool, plan.kernels[p], args)
+                # Copies of arguments are shared by this run's tasks only (scope: the
+                # run's own event): a later run may find the caller's arrays changed.
+                future = submit_shared(self.pool, plan.kernels[p], args, self.stop)
             else:
                 future = self.pool.submit(call_timed, plan.kernels[p], args)
         except Exception as exc:  # a closed or broken pool refuses new work

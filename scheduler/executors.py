@@ -78,12 +78,15 @@ def call_timed_shared(kernel: Any, call: shared_arrays.SharedCall) -> tuple[Any,
     return shared_arrays.share_result(value, call), start, end, worker
 
 
-def submit_shared(pool: cf.ProcessPoolExecutor, kernel: Any, args: tuple) -> cf.Future:
+def submit_shared(pool: cf.ProcessPoolExecutor, kernel: Any, args: tuple,
+                  scope: object = None) -> cf.Future:
     """``pool.submit(call_timed, kernel, args)`` for a process pool, with large arrays
-    passed through shared memory both ways; the future's result is ``call_timed``'s."""
+    passed through shared memory both ways; the future's result is ``call_timed``'s.
+    Tasks given the same ``scope`` (an object standing for one run) share the copies
+    of their arguments; no copy is ever shared beyond its scope."""
     if not shared_arrays.AVAILABLE:
         return pool.submit(call_timed, kernel, args)
-    return shared_arrays.submit(pool, call_timed_shared, kernel, args)
+    return shared_arrays.submit(pool, call_timed_shared, kernel, args, scope)
 
 
 def worker_name() -> str:

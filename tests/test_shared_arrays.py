@@ -135,13 +135,33 @@ def test_small_and_other_values_pass_through_untouched():
 def test_an_argument_in_flight_twice_is_copied_once():
     sharing = sa.Sharing(prefix(), reach=False, min_bytes=1)
     a = np.arange(100000.0)
-    call1, pins1 = sharing.share((a, a))
-    call2, pins2 = sharing.share((a,))
+    run = object()
+    call1, pins1 = sharing.share((a, a), run)
+    call2, pins2 = sharing.share((a,), run)
     assert call1.args[0] == call1.args[1] == call2.args[0]
     assert len(sa.leftovers()) == 1
     sharing.release(pins1)
     assert len(sa.leftovers()) == 1  # still in flight for the second task
     sharing.release(pins2)
+    assert sa.leftovers() == []
+
+
+@pytest.mark.parametrize("reach", [True, False], ids=["by-descriptor", "by-name"])
+def test_a_copy_is_never_shared_with_another_run(reach):
+    """A task of an abandoned run still holds its copy of a caller's array; the caller
+    changes the array in place and runs again: the new run gets the new contents."""
+    sharing = sa.Sharing(prefix(), reach=reach, min_bytes=1)
+    a = np.zeros(100000)
+    old_call, old_pins = sharing.share((a,), object())
+    a[:] = 1.0
+    for scope in (object(), None):  # a new run, and a task with no run at all
+        call, pins = sharing.share((a,), scope)
+        assert call.args[0] != old_call.args[0]
+        (got,) = sa.open_args(call)
+        assert got.sum() == 100000.0
+        del got
+        sharing.release(pins)
+    sharing.release(old_pins)
     assert sa.leftovers() == []
 
 
@@ -356,6 +376,24 @@ def test_an_abandoned_task_ending_after_a_timeout_logs_no_callback_error(caplog)
         assert np.array_equal(eng.get(tasks, "y"), np.full(MB8, 2.0))
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+
+
+def slow_sum(a):
+    time.sleep(1.5)
+    return a.sum()
+
+
+def test_a_run_after_an_abandoned_one_sees_the_callers_changes():
+    """The abandoned task still holds its shared copy of ``x`` when the caller changes
+    ``x`` in place and runs again: the new run must compute on the new contents."""
+    tasks = {"x": 0, "slow": (slow_sum, "x"), "total": (np.sum, "x")}
+    x = np.zeros(100000)
+    with processes() as eng:
+        eng.get(tasks, "total", feeds={"x": x})  # start the workers
+        with pytest.raises(TimeoutError):
+            eng.get(tasks, "slow", feeds={"x": x}, timeout=0.1)
+        x[:] = 1.0
+        assert eng.get(tasks, "total", feeds={"x": x}) == 100000.0
 
 
 def test_a_dead_worker_leaves_no_blocks():
