@@ -63,6 +63,7 @@ from .executors import (
     inside_kernel,
     make_pool,
     pool_is_broken,
+    runs_on_current_thread,
     submit_shared,
     worker_name,
 )
@@ -904,9 +905,26 @@ def _require_distributed() -> None:
 
 
 def _shutdown_pools(owned: dict) -> None:
+    """Shut down the pools an engine started, every one of them even if one fails.
+
+    An engine can be closed, or collected, on a thread of one of its own pools (a node
+    that closes it; an unclosed engine whose last reference dies in a coordinator):
+    that thread cannot wait for its own pool, so the shutdown moves to a new thread."""
+    if any(runs_on_current_thread(pool) for pool in list(owned.values())):
+        threading.Thread(target=_shutdown_pools, args=(owned,),
+                         name="dataflow-shutdown").start()
+        return
+    first: BaseException | None = None
     for name in list(owned):
-        pool = owned.pop(name)
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool = owned.pop(name, None)
+        if pool is None:  # another thread shut it down meanwhile
+            continue
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException as exc:  # noqa: BLE001 - the others are still shut down
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 def run(fetches: Any, feeds: Mapping | None = None, *, executor: Any = "threads",

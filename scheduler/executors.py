@@ -123,3 +123,17 @@ def make_pool(kind: str, workers: int) -> Any:
 
 def pool_is_broken(pool: Any) -> bool:
     return bool(getattr(pool, "_broken", False))
+
+
+def runs_on_current_thread(pool: Any) -> bool:
+    """Whether this thread is one of ``pool``'s own: a worker of a thread pool, or the
+    thread of a process pool that settles its futures (and so runs their callbacks).
+    Such a thread cannot wait for the pool to shut down: that would join itself."""
+    current = threading.current_thread()
+    if current is getattr(pool, "_executor_manager_thread", None):
+        return True
+    # A new worker thread runs its first task before the pool has added it to
+    # ``_threads``; its name tells (the pools made here have prefixes of their own).
+    prefix = getattr(pool, "_thread_name_prefix", "")
+    return current in getattr(pool, "_threads", ()) or (
+        bool(prefix) and current.name.startswith(prefix + "_"))
