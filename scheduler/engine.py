@@ -183,14 +183,25 @@ class Engine:
         and its kernels run there or in the pool, never on the loop, which stays free.
         Cancelling the awaiting task stops the run: no node starts afterwards (the nodes
         running then finish in the background, as after a timeout)."""
-        loop = asyncio.get_running_loop()
-        coordinators = self._coordinators()
         cancel = threading.Event()
         try:
-            return await loop.run_in_executor(
-                coordinators, lambda: self._run(fetches, feeds, timeout, callbacks, cancel))
+            job = self._coordinators().submit(self._run, fetches, feeds, timeout, callbacks,
+                                              cancel)
+        except RuntimeError:  # closed meanwhile: the pool refuses new work
+            if self._closed:
+                raise RuntimeError("this engine is closed") from None
+            raise
+        # Shielded, so that a cancelled ``job`` (``close()`` cancels the runs still
+        # queued for a coordinator) is told apart from a cancel of the awaiting task.
+        outcome = asyncio.wrap_future(job)
+        try:
+            return await asyncio.shield(outcome)
         except asyncio.CancelledError:
+            if outcome.cancelled() and self._closed:
+                raise RuntimeError("the engine was closed before the run started") from None
             cancel.set()
+            job.cancel()  # a run still queued never starts
+            outcome.add_done_callback(_ignore_outcome)
             raise
 
     def _coordinators(self) -> cf.ThreadPoolExecutor:
@@ -851,6 +862,12 @@ class _Run:
         shown = ", ".join(repr(n) for n in unfinished[:10])
         more = f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else ""
         raise TimeoutError(f"run timed out with {len(unfinished)} unfinished nodes: {shown}{more}")
+
+
+def _ignore_outcome(future: asyncio.Future) -> None:
+    """Retrieve the outcome of an abandoned run (asyncio logs one left unretrieved)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _finish_callbacks(callbacks: tuple[Callback, ...], info: RunInfo,
