@@ -265,7 +265,7 @@ class Engine:
         if self.kind == "dask" or hasattr(self._external, "run_plan"):
             # A cluster runs the whole plan as one graph of its own (dask_executor.py).
             return self._pool().run_plan(plan, values, deadline=deadline, callbacks=cbs,
-                                         check_numerics=self.check_numerics)
+                                         check_numerics=self.check_numerics, cancel=cancel)
         plain = not cbs and not self.check_numerics and deadline is None
         reentrant = inside_kernel()
         sequential = self.kind == "inline" or reentrant
