@@ -2,7 +2,11 @@
 
 Every pool follows ``concurrent.futures.Executor`` (``submit`` returns a future), so
 the engine drives thread pools, process pools, dask clients and user executors alike.
-The engine owns the pools it creates here and shuts them down when it closes.
+The engine owns the pools it creates here and shuts them down when it closes. The
+worker processes of a process pool made here end when the process that made it does,
+however it ends (SIGKILL included): nothing else would stop them, and while they live
+the forkserver and the resource tracker (which unlinks the shared-memory blocks left
+behind) live on too.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import select
 import threading
 import time
 from typing import Any
@@ -112,13 +117,52 @@ def make_pool(kind: str, workers: int) -> Any:
         methods = multiprocessing.get_all_start_methods()
         method = "forkserver" if "forkserver" in methods else "spawn"
         return shared_arrays.ProcessPool(max_workers=workers,
-                                         mp_context=multiprocessing.get_context(method))
+                                         mp_context=multiprocessing.get_context(method),
+                                         initializer=exit_with_driver, initargs=(os.getpid(),))
     if kind == "dask":
         from .dask_executor import DaskExecutor
 
         return DaskExecutor(n_workers=workers)
     raise ValueError(f"unknown executor {kind!r}; expected one of {', '.join(EXECUTOR_NAMES)} "
                      "or a concurrent.futures.Executor")
+
+
+#: how often a worker checks that its driver lives, where it cannot wait for its exit
+DRIVER_POLL_SECONDS = 1.0
+
+
+def exit_with_driver(driver: int) -> None:
+    """In a pool worker (the pool's initializer): end this process as soon as process
+    ``driver`` is gone. A forkserver's workers are not the driver's children, so their
+    parent pid says nothing; a descriptor of the driver's process (Linux's
+    ``pidfd_open``) becomes readable when it exits, and elsewhere it is polled."""
+    threading.Thread(target=_watch_driver, args=(driver,), name="dataflow-driver-watch",
+                     daemon=True).start()
+
+
+def _watch_driver(driver: int) -> None:
+    try:
+        pidfd = os.pidfd_open(driver)
+    except AttributeError:  # not Linux (or Python built without it): poll
+        pidfd = None
+    except OSError:  # gone already
+        os._exit(1)
+    if pidfd is not None:
+        select.select([pidfd], [], [])
+    else:
+        while _alive(driver):
+            time.sleep(DRIVER_POLL_SECONDS)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def pool_is_broken(pool: Any) -> bool:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import gc
+import json
 import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -474,3 +476,79 @@ def test_no_tracker_warnings_and_no_blocks_after_exit(scenario):
     assert "leaked" not in done.stderr and "resource_tracker" not in done.stderr, done.stderr
     pid = done.stdout.split()[1]
     assert sa.leftovers(f"{sa.PREFIX}_{pid}_") == []
+
+
+KILLED_DRIVER = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+from multiprocessing import forkserver, resource_tracker
+import numpy as np
+import scheduler
+from scheduler import shared_arrays as sa
+import test_shared_arrays as t
+
+if __name__ == "__main__":
+    sa._start_probe = lambda pool, sharing: None  # names live while their tasks run
+    eng = scheduler.Engine("processes", workers=2, inline_threshold=0)
+    x = np.ones(t.MB8)
+    eng.get({{"x": x, "p": (t.worker_pid, "x")}}, "p")
+    pool = eng._pool()
+    pids = list(pool._processes)
+    fs = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    print(json.dumps({{"driver": os.getpid(), "workers": pids,
+                      "helpers": [p for p in (fs, resource_tracker._resource_tracker._pid) if p]}}),
+          flush=True)
+    eng.get({{"x": x, "a": (t.snooze, "x"), "b": (t.snooze, "x")}}, ["a", "b"])
+"""
+
+
+def worker_pid(a):
+    return os.getpid()
+
+
+def snooze(a):
+    time.sleep(120)
+    return a
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(120)
+def test_workers_and_blocks_go_when_the_driver_is_killed():
+    """SIGKILL of the driving process mid-run: its pool workers notice and exit, then
+    the forkserver and the resource tracker, which unlinks the blocks still in /dev/shm."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = textwrap.dedent(KILLED_DRIVER).format(tests=here)
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True, cwd=os.path.dirname(here))
+    info: dict = {}
+    try:
+        info = json.loads(driver.stdout.readline())
+        prefix = f"{sa.PREFIX}_{info['driver']}_"
+        deadline = time.monotonic() + 30
+        while not sa.leftovers(prefix) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the run's argument block is named while its tasks run
+        assert sa.leftovers(prefix), "the run never shared its argument"
+        driver.kill()
+        driver.wait(30)
+        processes = info["workers"] + info["helpers"]
+        deadline = time.monotonic() + 30  # generous: the workers exit within milliseconds
+        while ((any(alive(p) for p in processes) or sa.leftovers(prefix))
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+        assert not [p for p in processes if alive(p)], "orphans outlived the driver"
+        assert sa.leftovers(prefix) == []
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        for pid in info.get("workers", []) + info.get("helpers", []):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        driver.stdout.close()
