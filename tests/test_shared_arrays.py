@@ -544,11 +544,15 @@ def test_workers_and_blocks_go_when_the_driver_is_killed():
             time.sleep(0.1)
         assert not [p for p in processes if alive(p)], "orphans outlived the driver"
         assert sa.leftovers(prefix) == []
-    finally:
+    finally:  # whatever happened, leave no process and no block behind
         if driver.poll() is None:
             driver.kill()
             driver.wait()
-        for pid in info.get("workers", []) + info.get("helpers", []):
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        for group in ("workers", "helpers"):  # the helpers end once the workers are gone
+            for pid in info.get(group, []):
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        if info:
+            sa.sweep(f"{sa.PREFIX}_{info['driver']}_")
         driver.stdout.close()
