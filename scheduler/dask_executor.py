@@ -20,7 +20,15 @@ here. Instead :meth:`DaskExecutor.run_plan` sends the whole plan at once:
 Errors: a kernel that raises inside a fused task is reported as ``_TaskFailed`` with
 the node's plan position, which the client turns back into the kernel's own exception
 with a note naming the node and op; a worker that died is a ``NodeError`` naming the
-nodes of its task. Profiling: when callbacks are
+nodes of its task. What a worker sends back must
+pickle, or the error never arrives and the run hangs: tracebacks are cut to
+``MAX_TRACEBACK_FRAMES`` frames (a ``RecursionError`` brings a thousand), and an
+exception that still does not survive a pickle round trip is sent as a
+:class:`RemoteError` summary (its type, message and traceback as text). Stopping: when
+a run fails, times out or is cancelled (``execute(cancel=...)``, a cancelled
+``run_async``), its futures are cancelled, so no task of it starts, and every worker
+is told the run stopped, so that a fused task in progress starts no further node.
+Profiling: when callbacks are
 registered (or a timeout is set), each task records ``perf_counter`` timings of its
 nodes on the worker; after the run they are collected with one ``client.run`` and fed
 to the callbacks as ``TaskRecord``s whose ``worker`` is the dask worker's address.
@@ -50,7 +58,7 @@ from weakref import WeakKeyDictionary
 import numpy as np
 
 from .callbacks import Callback, RunInfo, TaskRecord
-from .errors import NodeError, NumericsError, add_node_note
+from .errors import NodeError, NumericsError, RunCancelled, add_node_note
 from .executors import default_workers
 from .plan import Plan
 
@@ -59,6 +67,7 @@ _INSTALL = "pip install 'dataflow[distributed]'"
 try:
     import distributed
     from dask._task_spec import Task, TaskRef
+    from distributed.protocol import pickle as _wire  # how workers send errors back
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         f"the dask executor needs dask.distributed (dask 2024.12 or later): {_INSTALL}"
@@ -69,10 +78,14 @@ except ImportError:  # pragma: no cover - older dask: client.get wraps (and toke
     LLGExpr = None
 
 
-__all__ = ["DaskExecutor", "RemoteValue"]
+__all__ = ["DaskExecutor", "RemoteError", "RemoteValue"]
 
 #: literal and fed values at least this large (in bytes) are scattered, not embedded
 DEFAULT_SCATTER_THRESHOLD = 64 * 1024
+#: a traceback sent back from a worker keeps this many frames: its first and last halves
+MAX_TRACEBACK_FRAMES = 40
+#: how often a cancellable run waiting on the cluster looks at its cancel flag (seconds)
+CANCEL_POLL_SECONDS = 0.02
 
 
 class RemoteValue:
@@ -119,6 +132,73 @@ def _pop_records(token: str) -> list:
         return _RECORDS.pop(token, [])
 
 
+# Tokens of the runs that stopped (failed, timed out, cancelled): a fused task of one
+# of them starts no further node. Bounded like the records.
+_STOPPED: dict[str, None] = {}
+
+
+def _stop_run(token: str) -> None:
+    """Run on every worker by ``client.run`` when a run stops early."""
+    with _RECORDS_LOCK:
+        while len(_STOPPED) >= _MAX_PENDING_RUNS:
+            _STOPPED.pop(next(iter(_STOPPED)))
+        _STOPPED[token] = None
+
+
+class RemoteError(Exception):
+    """An exception raised on a worker that could not be sent back as itself (it does
+    not survive pickling): its type's name, its message and its traceback, as text."""
+
+    def __init__(self, type_name: str, message: str, traceback_text: str):
+        super().__init__(type_name, message, traceback_text)
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"
+
+
+def _trim_traceback(tb: Any) -> None:
+    """Cut a traceback down to its first and last MAX_TRACEBACK_FRAMES // 2 frames, in
+    place (a traceback is a linked list of frames; ``tb_next`` is writable)."""
+    frames = []
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    if len(frames) > MAX_TRACEBACK_FRAMES:
+        half = MAX_TRACEBACK_FRAMES // 2
+        frames[half - 1].tb_next = frames[-half]
+
+
+def _sendable(exc: BaseException) -> BaseException:
+    """``exc`` made fit to travel back to the client: the tracebacks of it and of the
+    exceptions it was raised from or while handling, trimmed; and if it still does not
+    survive a pickle round trip, a :class:`RemoteError` that describes it."""
+    seen: set[int] = set()
+    chain = [exc]
+    while chain:  # its causes and contexts, iteratively (they may form a cycle)
+        e = chain.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        _trim_traceback(e.__traceback__)
+        chain.extend((e.__cause__, e.__context__))
+    try:
+        _wire.loads(_wire.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any failure to pickle means: send a summary
+        pass
+    import traceback
+
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001
+        message = object.__repr__(exc)
+    text = "".join(traceback.format_tb(exc.__traceback__))
+    return RemoteError(type(exc).__qualname__, message, text)
+
+
 def _worker_address() -> str:
     try:
         return distributed.get_worker().address
@@ -152,7 +232,7 @@ class _TaskFailed(Exception):
     """A node of a fused task raised (or, with ``nonfinite``, produced NaN/Inf).
 
     The args are plain data so that it pickles back to the client: (position, name,
-    op, the original exception or None, "NaN"/"Inf" or None)."""
+    op, the original exception made sendable, or None, "NaN"/"Inf" or None)."""
 
     def __str__(self) -> str:
         _, name, op, error, nonfinite = self.args
@@ -166,8 +246,9 @@ class _Chain:
 
     ``steps`` holds ``(position, name, op, kernel, refs)`` per node; a ref ``r >= 0`` is
     the task's ``r``-th input, ``-1`` the value of the previous node of the chain.
-    Called as ``chain(record, *inputs)``: ``record`` is a run token to record timings
-    under, or None."""
+    Called as ``chain(run, record, *inputs)``: ``run`` is the run's token, ``record``
+    whether to record timings under it. Before each node the chain checks that the run
+    has not stopped."""
 
     __slots__ = ("steps", "check_numerics")
 
@@ -182,19 +263,24 @@ class _Chain:
         names = [s[1] for s in self.steps]
         return f"<chain {names[0]!r}{f' .. {names[-1]!r}' if len(names) > 1 else ''}>"
 
-    def __call__(self, record: str | None, *inputs: Any) -> Any:
+    def __call__(self, run: str, record: bool, *inputs: Any) -> Any:
         previous: Any = None
-        entries: list | None = None if record is None else []
+        entries: list | None = [] if record else None
         clock = time.perf_counter
         try:
             for p, name, op, kernel, refs in self.steps:
+                if run in _STOPPED:
+                    raise RunCancelled(f"the run stopped before node {name!r}")
                 args = [previous if r < 0 else inputs[r] for r in refs]
                 start = clock() if entries is not None else 0.0
+                failure = None
                 try:
                     value = kernel(*args)
                 except Exception as exc:
-                    raise _TaskFailed(p, name, op, exc, None).with_traceback(
-                        exc.__traceback__) from None
+                    failure = _sendable(exc)
+                if failure is not None:  # raised out here: no context refers to ``exc``
+                    raise _TaskFailed(p, name, op, failure, None).with_traceback(
+                        failure.__traceback__)
                 end = clock() if entries is not None else 0.0
                 if self.check_numerics:
                     what = _nonfinite(value)
@@ -207,7 +293,7 @@ class _Chain:
         finally:
             if entries:
                 worker = _worker_address()
-                _store_records(record, [(*e[:3], worker, *e[3:]) for e in entries])
+                _store_records(run, [(*e[:3], worker, *e[3:]) for e in entries])
         return previous
 
 
@@ -367,26 +453,30 @@ class DaskExecutor(cf.Executor):
 
     def run_plan(self, plan: Plan, values: list, *, deadline: float | None = None,
                  callbacks: Iterable[Callback] = (), check_numerics: bool = False,
-                 executor_name: str = "dask") -> list[Any]:
+                 executor_name: str = "dask",
+                 cancel: threading.Event | None = None) -> list[Any]:
         """Run ``plan`` on the cluster as one dask graph and return the fetched values in
         the plan's fetch order.
 
         ``values`` is the plan's value array with literals and fed values filled in
         (``plan.template`` plus validated feeds); ``deadline`` a ``time.perf_counter()``
-        time. Callbacks get ``start``, then ``pretask``/``posttask`` for every node that
-        ran (replayed from the workers' records once the graph is done), then
-        ``finish`` (always)."""
+        time. Once ``cancel`` is set (from another thread), no node starts and the run
+        raises ``RunCancelled``. Callbacks get ``start``, then ``pretask``/``posttask``
+        for every node that ran (replayed from the workers' records once the graph is
+        done), then ``finish`` (always)."""
         if self._closed:
             raise RuntimeError("this dask executor is shut down")
         callbacks = tuple(callbacks)
         layout = self.layout(plan, check_numerics)
         info = RunInfo(plan, executor_name, self._max_workers, time.perf_counter(),
                        [plan.keys[p] for p in plan.fetch_positions])
-        for cb in callbacks:
-            cb.start(info)
         failure: BaseException | None = None
         try:
-            return self._run(plan, layout, values, deadline, callbacks, info)
+            # Inside the ``try``: when a ``start`` raises, every ``finish`` still runs
+            # (those whose ``start`` never ran included), as on the other executors.
+            for cb in callbacks:
+                cb.start(info)
+            return self._run(plan, layout, values, deadline, cancel, callbacks, info)
         except BaseException as exc:
             failure = exc
             raise
@@ -401,12 +491,15 @@ class DaskExecutor(cf.Executor):
                 raise first
 
     def _run(self, plan: Plan, layout: _Layout, values: list, deadline: float | None,
-             callbacks: tuple[Callback, ...], info: RunInfo) -> list[Any]:
+             cancel: threading.Event | None, callbacks: tuple[Callback, ...],
+             info: RunInfo) -> list[Any]:
         if not layout.chains:  # everything fetched was fed or literal
             return [values[p] for p in plan.fetch_positions]
+        if cancel is not None and cancel.is_set():
+            raise RunCancelled(f"run cancelled with {len(plan.compute)} unfinished nodes")
         client = self.client
         token = uuid.uuid4().hex
-        record = token if callbacks or deadline is not None else None
+        record = bool(callbacks) or deadline is not None or cancel is not None
 
         threshold = self.scatter_threshold
         large = [p for p in layout.sources if _size_of(values[p]) >= threshold]
@@ -418,7 +511,7 @@ class DaskExecutor(cf.Executor):
         keys = [(f"{label}-{token}", t) for t, label in enumerate(layout.labels)]
         graph = {}
         for t, chain in enumerate(layout.chains):
-            args: list[Any] = [record]
+            args: list[Any] = [token, record]
             for kind, x in layout.inputs[t]:
                 if kind == "task":
                     args.append(TaskRef(keys[x]))
@@ -434,20 +527,24 @@ class DaskExecutor(cf.Executor):
         error: BaseException | None = None
         results: list[Any] = []
         try:
-            if deadline is None:
+            if deadline is None and cancel is None:
                 results = client.gather(futures)
             else:
-                remaining = max(deadline - time.perf_counter(), 0.0)
-                results = client.sync(client._gather, futures, callback_timeout=remaining)
+                results = client.sync(self._gather_watched, futures, deadline, cancel)
         except BaseException as exc:  # noqa: BLE001 - translated below
             error = exc
-            with contextlib.suppress(Exception):  # nothing more starts; running ones drain
+            # Nothing more starts: no task (cancelled futures), and no further node of
+            # a fused task running now (told by token). Running nodes drain.
+            with contextlib.suppress(Exception):
                 client.cancel(futures)
+            if not self._closed:
+                with contextlib.suppress(Exception):
+                    client.run(_stop_run, token)
         finally:
             del futures
             scattered.clear()
 
-        records = self._collect(token) if record is not None else []
+        records = self._collect(token) if record else []
         if error is not None:
             self._replay(plan, layout, records, {}, callbacks, info)
             translated = self._translate(plan, layout, error, records)
@@ -460,6 +557,29 @@ class DaskExecutor(cf.Executor):
         if callbacks:
             self._replay(plan, layout, records, fetched, callbacks, info)
         return [fetched[p] for p in plan.fetch_positions]
+
+    async def _gather_watched(self, futures: list, deadline: float | None,
+                              cancel: threading.Event | None) -> list:
+        """Gather ``futures`` on the client's loop, raising ``TimeoutError`` at the
+        deadline and ``RunCancelled`` within CANCEL_POLL_SECONDS of ``cancel`` being set."""
+        gathering = asyncio.ensure_future(self.client._gather(futures))
+        try:
+            while True:
+                if cancel is not None and cancel.is_set():
+                    raise RunCancelled("run cancelled")
+                wait = None if cancel is None else CANCEL_POLL_SECONDS
+                if deadline is not None:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        raise TimeoutError("run timed out")
+                    wait = left if wait is None else min(wait, left)
+                done, _ = await asyncio.wait([gathering], timeout=wait)
+                if done:
+                    return gathering.result()
+        finally:
+            # Not cancelled (that leaves distributed's inner tasks' errors unretrieved,
+            # which it logs): the run's futures are cancelled next, which ends it.
+            gathering.add_done_callback(_retrieve)
 
     def _collect(self, token: str) -> list:
         try:
@@ -498,13 +618,20 @@ class DaskExecutor(cf.Executor):
             if original.__traceback__ is None:
                 original.__traceback__ = error.__traceback__
             return add_node_note(original, plan.names[p], plan.ops[p])
+        done = {r[0] for r in records}
+        unfinished = [plan.names[p] for p in plan.compute if p not in done]
+        if self._closed:
+            # Shut down under the run (the engine closed): the client's cancelled futures
+            # and closed connections are no error of the run's own, as on other executors.
+            return RuntimeError(f"the engine was closed during the run ({len(unfinished)} "
+                                "nodes did not finish)")
         if isinstance(error, TimeoutError) or type(error).__name__ == "TimeoutError":
-            done = {r[0] for r in records}
-            unfinished = [plan.names[p] for p in plan.compute if p not in done]
             shown = ", ".join(repr(n) for n in unfinished[:10])
             more = f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else ""
             return TimeoutError(
                 f"run timed out with {len(unfinished)} unfinished nodes: {shown}{more}")
+        if isinstance(error, RunCancelled):
+            return RunCancelled(f"run cancelled with {len(unfinished)} unfinished nodes")
         task_key = getattr(error, "task", None)  # KilledWorker names the dask key
         if isinstance(task_key, tuple) and len(task_key) == 2 and isinstance(task_key[1], int):
             t = task_key[1]
@@ -521,9 +648,15 @@ class DaskExecutor(cf.Executor):
 def _cause(error: BaseException) -> BaseException | None:
     if isinstance(error, _TaskFailed):
         return error.args[3]  # the kernel's exception; None for NaN/Inf
-    if isinstance(error, TimeoutError) or type(error).__name__ == "TimeoutError":
+    if isinstance(error, (TimeoutError, RunCancelled)) or type(error).__name__ == "TimeoutError":
         return None
     return error
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """Retrieve the outcome of an abandoned gather (asyncio logs one left unretrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _size_of(value: Any) -> int:

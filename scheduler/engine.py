@@ -86,6 +86,7 @@ from .executors import (
     inside_kernel,
     make_pool,
     pool_is_broken,
+    runs_on_current_thread,
     submit_shared,
     worker_name,
 )
@@ -223,14 +224,25 @@ class Engine:
         and its kernels run there or in the pool, never on the loop, which stays free.
         Cancelling the awaiting task stops the run: no node starts afterwards (the nodes
         running then finish in the background, as after a timeout)."""
-        loop = asyncio.get_running_loop()
-        coordinators = self._coordinators()
         cancel = threading.Event()
         try:
-            return await loop.run_in_executor(
-                coordinators, lambda: self._run(fetches, feeds, timeout, callbacks, cancel))
+            job = self._coordinators().submit(self._run, fetches, feeds, timeout, callbacks,
+                                              cancel)
+        except RuntimeError:  # closed meanwhile: the pool refuses new work
+            if self._closed:
+                raise RuntimeError("this engine is closed") from None
+            raise
+        # Shielded, so that a cancelled ``job`` (``close()`` cancels the runs still
+        # queued for a coordinator) is told apart from a cancel of the awaiting task.
+        outcome = asyncio.wrap_future(job)
+        try:
+            return await asyncio.shield(outcome)
         except asyncio.CancelledError:
+            if outcome.cancelled() and self._closed:
+                raise RuntimeError("the engine was closed before the run started") from None
             cancel.set()
+            job.cancel()  # a run still queued never starts
+            outcome.add_done_callback(_ignore_outcome)
             raise
 
     def _coordinators(self) -> cf.ThreadPoolExecutor:
@@ -294,7 +306,7 @@ class Engine:
         if self.kind == "dask" or hasattr(self._external, "run_plan"):
             # A cluster runs the whole plan as one graph of its own (dask_executor.py).
             return self._pool().run_plan(plan, values, deadline=deadline, callbacks=cbs,
-                                         check_numerics=self.check_numerics)
+                                         check_numerics=self.check_numerics, cancel=cancel)
         plain = not cbs and not self.check_numerics and deadline is None
         reentrant = inside_kernel()
         sequential = self.kind == "inline" or reentrant
@@ -474,15 +486,18 @@ def _call_reusing(kernel: Any, values: list, args: tuple[int, ...], donor: int) 
     """``kernel(*args)``, written into the donor's buffer when that is safe: the donor
     dies at this step, so the walk lets go of it first; then it must be an array that
     owns its memory, held by nothing else (no view of it, no other value, no caller:
-    the reference count says so), C-contiguous like a fresh result, and every other
-    argument must be a C-contiguous array of its dtype (or a Python number), so that
-    the result has the same dtype and layout, and so the same bits, as a fresh one."""
+    the reference count says so; nor any weak reference, which that count misses: a
+    kernel may cache its result in a ``WeakValueDictionary`` and hand it out again),
+    C-contiguous like a fresh result, and every other argument must be a C-contiguous
+    array of its dtype (or a Python number), so that the result has the same dtype and
+    layout, and so the same bits, as a fresh one."""
     argv = [values[a] for a in args]
     buf = values[donor]
     values[donor] = None
     if (type(buf) is np.ndarray and buf.nbytes >= REUSE_MIN_BYTES and buf.base is None
             and sys.getrefcount(buf) == _SOLE_OWNER_REFCOUNT
-            and buf.flags.c_contiguous and buf.flags.writeable):
+            and not weakref.getweakrefcount(buf)
+            and buf.flags.owndata and buf.flags.c_contiguous and buf.flags.writeable):
         dtype = buf.dtype
         numbers = (int, float) if dtype.kind in "fc" else ()
         for a in argv:
@@ -694,7 +709,9 @@ class _Run:
             if chain is not None:
                 future = self.pool.submit(call_chain, self._chain_steps(chain, args), self.stop)
             elif isinstance(self.pool, cf.ProcessPoolExecutor):  # large arrays via shared memory
-                future = submit_shared(self.pool, plan.kernels[p], args)
+                # Copies of arguments are shared by this run's tasks only (scope: the
+                # run's own event): a later run may find the caller's arrays changed.
+                future = submit_shared(self.pool, plan.kernels[p], args, self.stop)
             else:
                 future = self.pool.submit(call_timed, plan.kernels[p], args)
         except Exception as exc:  # a closed or broken pool refuses new work
@@ -944,6 +961,12 @@ def deadline_after(timeout: Any) -> float | None:
     return time.perf_counter() + seconds
 
 
+def _ignore_outcome(future: asyncio.Future) -> None:
+    """Retrieve the outcome of an abandoned run (asyncio logs one left unretrieved)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _finish_callbacks(callbacks: tuple[Callback, ...], info: RunInfo,
                       error: BaseException | None) -> None:
     """Call every callback's ``finish``, even when one of them raises; re-raise the first."""
@@ -1003,9 +1026,26 @@ def _require_distributed() -> None:
 
 
 def _shutdown_pools(owned: dict) -> None:
+    """Shut down the pools an engine started, every one of them even if one fails.
+
+    An engine can be closed, or collected, on a thread of one of its own pools (a node
+    that closes it; an unclosed engine whose last reference dies in a coordinator):
+    that thread cannot wait for its own pool, so the shutdown moves to a new thread."""
+    if any(runs_on_current_thread(pool) for pool in list(owned.values())):
+        threading.Thread(target=_shutdown_pools, args=(owned,),
+                         name="dataflow-shutdown").start()
+        return
+    first: BaseException | None = None
     for name in list(owned):
-        pool = owned.pop(name)
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool = owned.pop(name, None)
+        if pool is None:  # another thread shut it down meanwhile
+            continue
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException as exc:  # noqa: BLE001 - the others are still shut down
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 # -- the shared default engines -------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 Every pool follows ``concurrent.futures.Executor`` (``submit`` returns a future), so
 the engine drives thread pools, process pools, dask clients and user executors alike.
-The engine owns the pools it creates here and shuts them down when it closes.
+The engine owns the pools it creates here and shuts them down when it closes. The
+worker processes of a process pool made here end when the process that made it does,
+however it ends (SIGKILL included): nothing else would stop them, and while they live
+the forkserver and the resource tracker (which unlinks the shared-memory blocks left
+behind) live on too.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -105,13 +110,16 @@ def call_timed_shared(kernel: Any, call: shared_arrays.SharedCall) -> tuple[Any,
     return shared_arrays.share_result(value, call), start, end, worker
 
 
-def submit_shared(pool: cf.ProcessPoolExecutor, kernel: Any, args: tuple) -> cf.Future:
+def submit_shared(pool: cf.ProcessPoolExecutor, kernel: Any, args: tuple,
+                  scope: object = None) -> cf.Future:
     """``pool.submit(call_timed, kernel, args)`` for a process pool, with large arrays
     passed through shared memory both ways; the future's result is ``call_timed``'s,
-    a task's own exception comes back as ``TaskRaised``."""
+    a task's own exception comes back as ``TaskRaised``. Tasks given the same ``scope``
+    (an object standing for one run) share the copies of their arguments; no copy is
+    ever shared beyond its scope."""
     if not shared_arrays.AVAILABLE:
         return pool.submit(call_timed_isolated, kernel, args)
-    return shared_arrays.submit(pool, call_timed_shared, kernel, args)
+    return shared_arrays.submit(pool, call_timed_shared, kernel, args, scope)
 
 
 def worker_name() -> str:
@@ -142,7 +150,8 @@ def make_pool(kind: str, workers: int, initializer: Callable[..., None] | None =
         method = "forkserver" if "forkserver" in methods else "spawn"
         return shared_arrays.ProcessPool(max_workers=workers,
                                          mp_context=multiprocessing.get_context(method),
-                                         initializer=initializer, initargs=initargs)
+                                         initializer=_start_process_worker,
+                                         initargs=(os.getpid(), initializer, initargs))
     if kind == "dask":
         from .dask_executor import DaskExecutor
 
@@ -154,5 +163,65 @@ def make_pool(kind: str, workers: int, initializer: Callable[..., None] | None =
                      "or a concurrent.futures.Executor")
 
 
+#: how often a worker checks that its driver lives, where it cannot wait for its exit
+DRIVER_POLL_SECONDS = 1.0
+
+
+def _start_process_worker(driver: int, initializer: Callable[..., None] | None,
+                          initargs: tuple) -> None:
+    """A process pool worker's initializer: watch the driver, then the user's own."""
+    exit_with_driver(driver)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def exit_with_driver(driver: int) -> None:
+    """In a pool worker (the pool's initializer): end this process as soon as process
+    ``driver`` is gone. A forkserver's workers are not the driver's children, so their
+    parent pid says nothing; a descriptor of the driver's process (Linux's
+    ``pidfd_open``) becomes readable when it exits, and elsewhere it is polled."""
+    threading.Thread(target=_watch_driver, args=(driver,), name="dataflow-driver-watch",
+                     daemon=True).start()
+
+
+def _watch_driver(driver: int) -> None:
+    try:
+        pidfd = os.pidfd_open(driver)
+    except AttributeError:  # not Linux (or Python built without it): poll
+        pidfd = None
+    except OSError:  # gone already
+        os._exit(1)
+    if pidfd is not None:
+        select.select([pidfd], [], [])
+    else:
+        while _alive(driver):
+            time.sleep(DRIVER_POLL_SECONDS)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
 def pool_is_broken(pool: Any) -> bool:
     return bool(getattr(pool, "_broken", False))
+
+
+def runs_on_current_thread(pool: Any) -> bool:
+    """Whether this thread is one of ``pool``'s own: a worker of a thread pool, or the
+    thread of a process pool that settles its futures (and so runs their callbacks).
+    Such a thread cannot wait for the pool to shut down: that would join itself."""
+    current = threading.current_thread()
+    if current is getattr(pool, "_executor_manager_thread", None):
+        return True
+    # A new worker thread runs its first task before the pool has added it to
+    # ``_threads``; its name tells (the pools made here have prefixes of their own).
+    prefix = getattr(pool, "_thread_name_prefix", "")
+    return current in getattr(pool, "_threads", ()) or (
+        bool(prefix) and current.name.startswith(prefix + "_"))

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import gc
 import heapq
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from .errors import CycleError, FeedError, MissingDependencyError, UnknownKeyError
@@ -325,16 +325,42 @@ def _memory_order(plan: Plan) -> list[int]:
     return out
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector (reference counting still frees everything)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+class _GcPause:
+    """The process-wide pause of the cyclic garbage collector: counted and locked, so
+    that runs on many threads, whose pauses overlap in any order, never leave it off
+    (two steps, "was it on?" then "turn it off", would race: a pause that reads "off"
+    while another is ending, then disables it after that one re-enabled it, leaves it
+    off for good) and never turn it back on while some pause is still in effect."""
+
+    __slots__ = ()
+    _lock = threading.Lock()
+    _depth = 0
+    _was_enabled = False
+
+    def __enter__(self) -> None:
+        cls = _GcPause
+        with cls._lock:
+            if cls._depth == 0:
+                cls._was_enabled = gc.isenabled()
+                gc.disable()
+            cls._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        cls = _GcPause
+        with cls._lock:
+            cls._depth -= 1
+            if cls._depth == 0 and cls._was_enabled:
+                gc.enable()
+
+
+_GC_PAUSE = _GcPause()
+
+
+def gc_paused() -> _GcPause:
+    """Pause the cyclic garbage collector while in a ``with`` block (reference counting
+    still frees everything). Pauses nest and overlap across threads: the collector is
+    back on once the last of them has ended, if it was on when the first began."""
+    return _GC_PAUSE
 
 
 def post_order(fetch_keys: Sequence[Hashable], fed: set,

@@ -26,8 +26,12 @@ This module owns the lifetime of every block; the rules:
    ends in a :class:`_Mapping`, which holds the ``SharedMemory`` (mapping and
    descriptor): the memory lives exactly as long as some array refers to it. Arguments
    are mapped read-only in the worker and unmapped when the task's arguments die.
-4. Copies. The driver copies an argument into a block once per stretch of time in
-   which tasks using it are in flight (consumers submitted together share the block).
+4. Copies. The driver copies an argument into a block once per run and stretch of
+   time in which that run's tasks using it are in flight (consumers submitted together
+   share the block). A copy is never shared with another run, not even one that starts
+   while a task of an earlier, abandoned run (a timeout, a cancel) still holds it: the
+   caller may have changed the array in place since, and nothing but a new copy can
+   tell (comparing the contents costs as much as copying them).
    An array that already lives in a block the driver holds (a result that is now an
    argument, or a view of one) is not copied: its handle names the driver's descriptor
    and the task pins the mapping until it finishes. Where descriptors cannot be
@@ -335,11 +339,12 @@ def open_result(handle: ArrayHandle) -> np.ndarray:
 class _Copy:
     """An argument copied into a block, shared by the tasks in flight that use it."""
 
-    __slots__ = ("ident", "source", "key", "shm", "handle", "users", "named")
+    __slots__ = ("ident", "scope", "source", "key", "shm", "handle", "users", "named")
 
-    def __init__(self, source: np.ndarray, key: tuple, shm: SharedMemory,
+    def __init__(self, source: np.ndarray, scope: object, key: tuple, shm: SharedMemory,
                  handle: ArrayHandle, named: bool):
-        self.ident = id(source)
+        self.ident = (id(scope), id(source))
+        self.scope = scope
         self.source = weakref.ref(source)
         self.key = key
         self.shm = shm
@@ -359,23 +364,27 @@ class Sharing:
         self.min_bytes = MIN_BYTES if min_bytes is None else min_bytes
         self.tracker = _tracker_id()  # started before any worker forks, so they share it
         self._lock = threading.Lock()
-        self._copies: dict[int, _Copy] = {}
+        self._copies: dict[tuple[int, int], _Copy] = {}
 
-    def share(self, args: tuple) -> tuple[SharedCall, list]:
-        """The task's call, and what it pins until it has finished (pass to ``release``)."""
+    def share(self, args: tuple, scope: object = None) -> tuple[SharedCall, list]:
+        """The task's call, and what it pins until it has finished (pass to ``release``).
+        Tasks given the same ``scope`` (one run) share their copies of an argument; with
+        ``scope`` None, the task's copies are its own (rule 4)."""
         min_bytes = self.min_bytes
         pins: list = []
         if not any(_eligible(a, min_bytes) for a in args):
             return SharedCall(args, self.prefix, min_bytes, self.tracker), pins
+        if scope is None:
+            scope = object()  # a scope of this task alone
         try:
-            shared = tuple(self._share_one(a, pins) if _eligible(a, min_bytes) else a
+            shared = tuple(self._share_one(a, pins, scope) if _eligible(a, min_bytes) else a
                            for a in args)
         except BaseException:
             self.release(pins)
             raise
         return SharedCall(shared, self.prefix, min_bytes, self.tracker), pins
 
-    def _share_one(self, array: np.ndarray, pins: list) -> Any:
+    def _share_one(self, array: np.ndarray, pins: list, scope: object) -> Any:
         mapping = _mapping_of(array)
         if (mapping is not None and self.reach and mapping.fd >= 0
                 and mapping.pid == os.getpid()):
@@ -387,8 +396,9 @@ class Sharing:
                                    array.shape, array.dtype, array.strides)
         key = (_address(array), array.shape, array.strides, array.dtype)
         with self._lock:
-            copy = self._copies.get(id(array))
-            if copy is not None and copy.source() is array and copy.key == key:
+            copy = self._copies.get((id(scope), id(array)))
+            if (copy is not None and copy.scope is scope and copy.source() is array
+                    and copy.key == key):
                 copy.users += 1
                 pins.append(copy)
                 return copy.handle
@@ -401,10 +411,10 @@ class Sharing:
             shm.unlink()  # workers open it through the descriptor
         handle = handle._replace(name=handle.name if named else "", pid=os.getpid(),
                                  fd=_fd_of(shm))
-        copy = _Copy(array, key, shm, handle, named)
+        copy = _Copy(array, scope, key, shm, handle, named)
         copy.users = 1
         with self._lock:
-            self._copies.setdefault(id(array), copy)
+            self._copies.setdefault(copy.ident, copy)
         pins.append(copy)
         return handle
 
@@ -475,14 +485,16 @@ def _start_probe(pool: cf.Executor, sharing: Sharing) -> None:
     future.add_done_callback(lambda f: sharing._probed(f, shm))
 
 
-def submit(pool: cf.Executor, fn: Any, kernel: Any, args: tuple) -> cf.Future:
+def submit(pool: cf.Executor, fn: Any, kernel: Any, args: tuple,
+           scope: object = None) -> cf.Future:
     """``pool.submit(fn, kernel, call)`` with ``call`` the ``SharedCall`` of ``args``;
     the returned future's result is ``fn``'s tuple with its handles opened as arrays.
+    Tasks submitted with the same ``scope`` (the run's) share argument copies.
 
     Opening happens as soon as the result arrives (rule 2), and the task's pins are
     released then, whatever becomes of the future."""
     sharing = sharing_of(pool)
-    call, pins = sharing.share(args)
+    call, pins = sharing.share(args, scope)
     try:
         inner = pool.submit(fn, kernel, call)
     except BaseException:
@@ -490,33 +502,42 @@ def submit(pool: cf.Executor, fn: Any, kernel: Any, args: tuple) -> cf.Future:
         raise
     outer: cf.Future = cf.Future()
     deferred = isinstance(pool, ProcessPool)
+    # Cancelling the returned future cancels the task too, if it has not started (its
+    # pins are then released at once); a task already running ends on its own.
+    outer.add_done_callback(lambda f: f.cancelled() and inner.cancel())
     inner.add_done_callback(lambda f: _settle(f, outer, sharing, pins, deferred))
     return outer
 
 
 def _settle(inner: cf.Future, outer: cf.Future, sharing: Sharing, pins: list,
             deferred: bool) -> None:
-    """The task's future is done: release its pins, then settle ``outer`` (always)."""
+    """The task's future is done: release its pins, open its result blocks (which
+    unlinks their names, whether or not anyone wants the result), then settle
+    ``outer``, unless its holder cancelled it meanwhile (a run that timed out or was
+    cancelled abandons the tasks it had in flight): a cancelled future takes no result."""
     cancelled = inner.cancelled()
     exc = None if cancelled else inner.exception()
     try:
         sharing.release(pins, keep_names=deferred and isinstance(exc, BrokenProcessPool))
     except Exception:  # noqa: BLE001 - best effort; the future must settle regardless
         pass
-    if cancelled:
+    if cancelled:  # (only this function ever settles ``outer``)
         outer.cancel()
         outer.set_running_or_notify_cancel()
         return
-    if exc is not None:
-        outer.set_exception(exc)
-        return
+    if exc is None:
+        try:
+            result = tuple(open_result(v) if type(v) is ArrayHandle else v
+                           for v in inner.result())
+        except BaseException as err:  # noqa: BLE001 - the task's error
+            exc = err
     try:
-        result = tuple(open_result(v) if type(v) is ArrayHandle else v
-                       for v in inner.result())
-    except BaseException as err:  # noqa: BLE001 - the task's error
-        outer.set_exception(err)
-        return
-    outer.set_result(result)
+        if exc is not None:
+            outer.set_exception(exc)
+        else:
+            outer.set_result(result)
+    except cf.InvalidStateError:  # cancelled by its holder while this ran
+        pass
 
 
 # -- sweeping ------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ class Fresh:
         out = np.array(x, dtype=x.dtype, copy=True) * 2
         if self.keep:
             self.made.append(out)  # the op holds on to its result: never reusable
-        self.last = weakref.ref(out)
+        # Where its result lives (a weak reference to it would forbid the reuse).
+        self.last_address = out.ctypes.data
         return out
 
 
@@ -52,7 +53,7 @@ def test_a_dying_fresh_value_is_written_in_place():
         y = df.tanh(fresh_op(forward)(x) + 1.0)
     feeds = {x: np.linspace(-1, 1, 40_000)}
     out = run_inline(y, feeds)
-    assert forward.last() is out  # add and tanh both wrote into fresh's buffer
+    assert out.ctypes.data == forward.last_address  # add and tanh wrote into fresh's buffer
     assert np.array_equal(out, np.tanh(2 * feeds[x] + 1.0))
 
 
@@ -79,6 +80,39 @@ def test_feeds_fetches_views_and_held_values_are_never_overwritten():
     assert np.array_equal(held.made[0], 2 * value)
     for fresh, ref in zip(got, run_without_reuse(fetches, feeds)):
         assert np.array_equal(fresh, ref)
+
+
+class Cached:
+    """A custom op's forward that caches its results weakly, by input, and hands out
+    the cached array again while it lives (as memoizing code does)."""
+
+    def __init__(self):
+        self.cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self.calls = 0
+
+    def __call__(self, x):
+        key = x.tobytes()
+        out = self.cache.get(key)
+        if out is None:
+            self.calls += 1
+            out = self.cache[key] = x * 2.0
+        return out
+
+
+def test_a_weakly_held_value_is_never_overwritten():
+    forward = Cached()
+    cached = df.custom_op("cached", forward, bprop=lambda inputs, output, grad: (grad * 2,))
+    with df.Graph():
+        x = df.placeholder("x", (40_000,))
+        y = df.tanh(cached(x))  # cached(x) dies here: the reference count sees no holder
+    value = np.linspace(-1, 1, 40_000)
+    expected = np.tanh(2 * value)
+    with scheduler.Engine("inline") as engine:
+        first = engine.run(y, {x: value})
+        for cached_value in forward.cache.values():  # whatever the cache still hands out
+            assert np.array_equal(cached_value, 2 * value), "the cached result was overwritten"
+        second = engine.run(y, {x: value})  # may get a cached array back from the op
+    assert np.array_equal(first, expected) and np.array_equal(second, expected)
 
 
 def test_mixed_dtypes_and_layouts_fall_back_to_a_fresh_result():

@@ -26,7 +26,7 @@ import dataflow as df  # noqa: E402
 import scheduler  # noqa: E402
 from dataflow.models import build_mlp  # noqa: E402
 from scheduler import Callback, FeedError, NodeError, NumericsError  # noqa: E402
-from scheduler.dask_executor import DaskExecutor, RemoteValue, _Layout  # noqa: E402
+from scheduler.dask_executor import DaskExecutor, RemoteError, RemoteValue, _Layout  # noqa: E402
 from scheduler.taskgraph import TaskGraphSource  # noqa: E402
 
 # distributed keeps one process-wide offload thread for its whole life (its own test
@@ -412,3 +412,157 @@ def test_core_imports_without_distributed_and_dask_names_the_extra():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------- reliability
+
+class RaisingIn(Callback):
+    def __init__(self, hook: str):
+        self.hook = hook
+
+    def _maybe(self, hook: str) -> None:
+        if hook == self.hook:
+            raise RuntimeError(f"callback broke in {hook}")
+
+    def start(self, run):
+        self._maybe("start")
+
+    def pretask(self, run, position):
+        self._maybe("pretask")
+
+    def posttask(self, run, record):
+        self._maybe("posttask")
+
+    def finish(self, run, error):
+        self._maybe("finish")
+
+
+@pytest.mark.parametrize("hook", ["start", "pretask", "posttask", "finish"])
+def test_a_raising_callback_still_lets_every_finish_run(local_executor, hook):
+    dsk = {"x": 1, "a": (inc, "x"), "b": (inc, "a"), "c": (add, "a", "b")}
+    before, after = Recorder(), Recorder()
+    with pytest.raises(RuntimeError, match=f"callback broke in {hook}"):
+        scheduler.get(dsk, "c", executor=local_executor,
+                      callbacks=[before, RaisingIn(hook), after])
+    for rec in (before, after):
+        assert rec.finished == 1
+        if hook != "finish":
+            assert isinstance(rec.error, RuntimeError)
+    assert scheduler.get(dsk, "c", executor=local_executor, callbacks=[before]) == 5
+
+
+def recurse_deep(x, depth=800):
+    """Raise a RecursionError from 800 frames down (deep enough that its traceback does
+    not pickle, short of the interpreter's limit, which would upset later compiles)."""
+    if depth == 0:
+        raise RecursionError("maximum recursion depth exceeded")
+    return recurse_deep(x, depth - 1)
+
+
+class Unpicklable(Exception):
+    """An error that cannot travel: its argument is a lock."""
+
+
+def raise_unpicklable(x):
+    import threading
+
+    raise Unpicklable(threading.Lock())
+
+
+def test_a_recursion_error_reports_back(local_executor):
+    """The traceback of a RecursionError holds up to a thousand frames: it must still
+    arrive as the node's error, promptly, not hang the run or end it in a timeout."""
+    dsk = {"x": 1, "a": (inc, "x"), "deep": (recurse_deep, "a")}
+    started = time.perf_counter()
+    with pytest.raises(NodeError, match="deep") as info:
+        scheduler.get(dsk, "deep", executor=local_executor, timeout=30)
+    assert isinstance(info.value.__cause__, RecursionError)
+    assert time.perf_counter() - started < 15
+
+
+def test_an_unpicklable_error_reports_back_as_a_summary(local_executor):
+    dsk = {"x": 1, "bad": (raise_unpicklable, "x")}
+    with pytest.raises(NodeError, match="bad") as info:
+        scheduler.get(dsk, "bad", executor=local_executor, timeout=30)
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteError) and cause.type_name == "Unpicklable"
+    assert "lock" in cause.message and "raise_unpicklable" in cause.traceback_text
+
+
+STEPS_STARTED: list[float] = []
+
+
+def step(x):
+    STEPS_STARTED.append(time.perf_counter())
+    time.sleep(0.1)
+    return x + 1
+
+
+@pytest.mark.parametrize("how", ["event", "run_async"])
+def test_cancel_stops_the_run_on_the_cluster(local_executor, how):
+    """A chain of 8 nodes of 0.1 s (one fused dask task) cancelled at 0.2 s: the run
+    raises at once, and at most the node running then ends; no node starts after."""
+    import asyncio
+    import threading
+
+    dsk = {"x": 0}
+    for i in range(8):
+        dsk[f"s{i}"] = (step, "x" if i == 0 else f"s{i - 1}")
+    STEPS_STARTED.clear()
+    with scheduler.Engine(local_executor) as engine:
+        if how == "event":
+            plan = scheduler.Plan(["s7"], [], TaskGraphSource(dsk).spec)
+            cancel = threading.Event()
+            timer = threading.Timer(0.2, cancel.set)
+            timer.start()
+            with pytest.raises(scheduler.RunCancelled, match="unfinished nodes"):
+                engine.execute(plan, {}, cancel=cancel)
+            timer.join()
+        else:
+            with df.Graph():
+                x = df.placeholder("x", ())
+                h = x
+                for i in range(8):
+                    h = df.custom_op("tests.step", step)(h, name=f"step{i}")
+
+            async def main():
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(engine.run_async(h, {x: 0.0}), 0.2)
+
+            asyncio.run(main())
+            engine.close()  # waits for the coordinator thread to end the abandoned run
+        cancelled_at = time.perf_counter()
+        time.sleep(1.0)  # what would still start on the cluster, starts now
+        late = [t for t in STEPS_STARTED if t > cancelled_at + 0.05]
+        assert not late, f"{len(late)} nodes started after the cancel"
+        assert len(STEPS_STARTED) <= 4
+        assert scheduler.get(dsk, "s1", executor=local_executor) == 2
+
+
+def test_close_during_a_run_gives_the_documented_error(monkeypatch):
+    import threading
+
+    import scheduler.engine as engine_module
+
+    # Engine("dask") on an in-process cluster: it starts in a fraction of a second.
+    monkeypatch.setattr(engine_module, "make_pool",
+                        lambda kind, workers: DaskExecutor(n_workers=1, processes=False))
+    engine = scheduler.Engine("dask", workers=1)
+    dsk = {"x": 0, "a": (slow, "x"), "b": (inc, "a")}
+    outcome: list = []
+
+    def client():
+        try:
+            outcome.append(engine.get(dsk, "b"))
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    time.sleep(0.5)
+    engine.close()
+    thread.join(30)
+    assert not thread.is_alive(), "the run hung after close()"
+    (result,) = outcome
+    assert isinstance(result, RuntimeError) and "closed" in str(result), repr(result)
+    time.sleep(1.5)  # the worker's sleeping task ends before the process does

@@ -340,6 +340,35 @@ def test_close_while_a_run_is_in_flight(kind, delay):
         engine.run(out, {x: 0.0})
 
 
+@pytest.mark.timeout(60)
+def test_close_with_run_async_calls_queued_gives_the_documented_error():
+    """Runs still queued for a coordinator when the engine closes fail with the same
+    RuntimeError as runs in flight, never with a CancelledError nobody asked for."""
+    with df.Graph():
+        x = df.placeholder("x", ())
+        out = sleep(x, 0.3, name="queued_or_running")
+    # Two coordinators: of four runs, two wait in the queue. (Not warmed: the
+    # coordinators start first, so close() shuts them down first.)
+    engine = scheduler.Engine("asyncio", workers=1, inline_threshold=0)
+    outcomes: list = []
+
+    async def four_runs() -> None:
+        runs = [engine.run_async(out, {x: float(i)}) for i in range(4)]
+        outcomes.extend(await asyncio.gather(*runs, return_exceptions=True))
+
+    client = threading.Thread(target=asyncio.run, args=(four_runs(),))
+    client.start()
+    time.sleep(0.5)
+    engine.close()
+    client.join(30)
+    assert not client.is_alive()
+    assert len(outcomes) == 4
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert failed, outcomes
+    for o in failed:
+        assert isinstance(o, RuntimeError) and "closed" in str(o), repr(o)
+
+
 # -- callbacks that raise --------------------------------------------------------------------
 
 class Recorder(Callback):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import gc
+import json
+import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -134,13 +137,33 @@ def test_small_and_other_values_pass_through_untouched():
 def test_an_argument_in_flight_twice_is_copied_once():
     sharing = sa.Sharing(prefix(), reach=False, min_bytes=1)
     a = np.arange(100000.0)
-    call1, pins1 = sharing.share((a, a))
-    call2, pins2 = sharing.share((a,))
+    run = object()
+    call1, pins1 = sharing.share((a, a), run)
+    call2, pins2 = sharing.share((a,), run)
     assert call1.args[0] == call1.args[1] == call2.args[0]
     assert len(sa.leftovers()) == 1
     sharing.release(pins1)
     assert len(sa.leftovers()) == 1  # still in flight for the second task
     sharing.release(pins2)
+    assert sa.leftovers() == []
+
+
+@pytest.mark.parametrize("reach", [True, False], ids=["by-descriptor", "by-name"])
+def test_a_copy_is_never_shared_with_another_run(reach):
+    """A task of an abandoned run still holds its copy of a caller's array; the caller
+    changes the array in place and runs again: the new run gets the new contents."""
+    sharing = sa.Sharing(prefix(), reach=reach, min_bytes=1)
+    a = np.zeros(100000)
+    old_call, old_pins = sharing.share((a,), object())
+    a[:] = 1.0
+    for scope in (object(), None):  # a new run, and a task with no run at all
+        call, pins = sharing.share((a,), scope)
+        assert call.args[0] != old_call.args[0]
+        (got,) = sa.open_args(call)
+        assert got.sum() == 100000.0
+        del got
+        sharing.release(pins)
+    sharing.release(old_pins)
     assert sa.leftovers() == []
 
 
@@ -346,6 +369,37 @@ def test_a_timed_out_run_leaves_no_blocks_once_its_tasks_end():
     assert sa.leftovers() == []
 
 
+def test_an_abandoned_task_ending_after_a_timeout_logs_no_callback_error(caplog):
+    tasks = {"x": np.ones(MB8), "y": (slow_big, "x"), "small": (slow_big, 1.0)}
+    with processes() as eng:
+        eng.get(tasks, "small")  # start the workers
+        for key in ("y", "small"):  # with and without a shared-memory argument
+            with pytest.raises(TimeoutError):
+                eng.get(tasks, key, timeout=0.1)
+        time.sleep(0.5)  # the abandoned tasks end, and report back to nobody
+        assert np.array_equal(eng.get(tasks, "y"), np.full(MB8, 2.0))
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+def slow_sum(a):
+    time.sleep(1.5)
+    return a.sum()
+
+
+def test_a_run_after_an_abandoned_one_sees_the_callers_changes():
+    """The abandoned task still holds its shared copy of ``x`` when the caller changes
+    ``x`` in place and runs again: the new run must compute on the new contents."""
+    tasks = {"x": 0, "slow": (slow_sum, "x"), "total": (np.sum, "x")}
+    x = np.zeros(100000)
+    with processes() as eng:
+        eng.get(tasks, "total", feeds={"x": x})  # start the workers
+        with pytest.raises(TimeoutError):
+            eng.get(tasks, "slow", feeds={"x": x}, timeout=0.1)
+        x[:] = 1.0
+        assert eng.get(tasks, "total", feeds={"x": x}) == 100000.0
+
+
 def test_a_dead_worker_leaves_no_blocks():
     tasks = {"x": np.ones(MB8), "dead": (die, "x"), "y": (slow_big, "x")}
     with processes() as eng:
@@ -424,3 +478,83 @@ def test_no_tracker_warnings_and_no_blocks_after_exit(scenario):
     assert "leaked" not in done.stderr and "resource_tracker" not in done.stderr, done.stderr
     pid = done.stdout.split()[1]
     assert sa.leftovers(f"{sa.PREFIX}_{pid}_") == []
+
+
+KILLED_DRIVER = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+from multiprocessing import forkserver, resource_tracker
+import numpy as np
+import scheduler
+from scheduler import shared_arrays as sa
+import test_shared_arrays as t
+
+if __name__ == "__main__":
+    sa._start_probe = lambda pool, sharing: None  # names live while their tasks run
+    eng = scheduler.Engine("processes", workers=2, inline_threshold=0)
+    x = np.ones(t.MB8)
+    eng.get({{"x": x, "p": (t.worker_pid, "x")}}, "p")
+    pool = eng._pool()
+    pids = list(pool._processes)
+    fs = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    print(json.dumps({{"driver": os.getpid(), "workers": pids,
+                      "helpers": [p for p in (fs, resource_tracker._resource_tracker._pid) if p]}}),
+          flush=True)
+    eng.get({{"x": x, "a": (t.snooze, "x"), "b": (t.snooze, "x")}}, ["a", "b"])
+"""
+
+
+def worker_pid(a):
+    return os.getpid()
+
+
+def snooze(a):
+    time.sleep(120)
+    return a
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(120)
+def test_workers_and_blocks_go_when_the_driver_is_killed():
+    """SIGKILL of the driving process mid-run: its pool workers notice and exit, then
+    the forkserver and the resource tracker, which unlinks the blocks still in /dev/shm."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = textwrap.dedent(KILLED_DRIVER).format(tests=here)
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True, cwd=os.path.dirname(here))
+    info: dict = {}
+    try:
+        info = json.loads(driver.stdout.readline())
+        prefix = f"{sa.PREFIX}_{info['driver']}_"
+        deadline = time.monotonic() + 30
+        while not sa.leftovers(prefix) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the run's argument block is named while its tasks run
+        assert sa.leftovers(prefix), "the run never shared its argument"
+        driver.kill()
+        driver.wait(30)
+        processes = info["workers"] + info["helpers"]
+        deadline = time.monotonic() + 30  # generous: the workers exit within milliseconds
+        while ((any(alive(p) for p in processes) or sa.leftovers(prefix))
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+        assert not [p for p in processes if alive(p)], "orphans outlived the driver"
+        assert sa.leftovers(prefix) == []
+    finally:  # whatever happened, leave no process and no block behind
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        for group in ("workers", "helpers"):  # the helpers end once the workers are gone
+            for pid in info.get(group, []):
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        if info:
+            sa.sweep(f"{sa.PREFIX}_{info['driver']}_")
+        driver.stdout.close()
