@@ -300,8 +300,8 @@ def _oversubscription(machine: Machine) -> list[Finding]:
                 "oversubscription",
                 f"{lib.internal_api} runs {lib.num_threads} threads on {cores} cores",
                 f"set its threads to at most {cores} (threadpoolctl, or the *_NUM_THREADS "
-                "variables before numpy loads); an Engine's pool of W workers uses "
-                f"max(1, {cores} // W) each unless intra_op_threads says otherwise",
+                "variables before numpy loads); an Engine of W workers uses "
+                f"max(1, {cores} // W) per worker unless intra_op_threads says otherwise",
                 details={"threads": lib.num_threads}))
     for var in THREAD_VARIABLES:
         value = machine.environment.get(var, "")
@@ -315,8 +315,9 @@ def _oversubscription(machine: Machine) -> list[Finding]:
 
 def report(machine: Machine, found: Sequence[Finding]) -> str:
     lines = header(machine)
-    lines.append(f"engine default: a pool of W workers runs BLAS on max(1, {machine.cores} "
-                 "// W) threads each (Engine(intra_op_threads=k) to choose)")
+    lines.append(f"engine default: an Engine of W workers (default W: the {machine.cores} "
+                 f"cores) runs BLAS on max(1, {machine.cores} // W) threads per worker "
+                 "(Engine(intra_op_threads=k) to choose)")
     if not found:
         lines.append("no known slowdowns found")
     for f in found:

@@ -12,18 +12,20 @@ What can be set where (the reason for the rules below):
   thread that sets it. So a thread-backed engine sets the libraries' process-wide count
   (which also covers the driving thread and any code of yours running meanwhile) and,
   in each worker thread as it starts, OpenMP's count for that thread.
-- An engine changes the process-wide count while it is open and gives it back when it
-  closes. While several engines are open, the one opened last decides; closing it
-  brings back the one before (``_settings``).
+- An engine sets its process's count when it is made, for its whole life, and gives it
+  back when it closes. While several engines are open, the one made last decides;
+  closing it brings back the one before (``_settings``).
 
-The default keeps ``workers x BLAS threads <= cores``: each of ``workers`` pool workers
-may use ``cores // workers`` threads (at least one), and a library already set lower
-(``OPENBLAS_NUM_THREADS=1``, say) is left as it is. It takes effect when the engine
-starts its pool; an inline engine, or one that never needs its pool, changes nothing.
-An explicit ``intra_op_threads=k`` is applied as given, when the engine is made, to its
-own process and then to every worker (also when that oversubscribes the machine:
-``dataflow doctor`` says so). An executor you pass in is yours: only this process's
-count is set, and its workers are left as they are.
+The default keeps ``workers x BLAS threads <= cores``: each of ``workers`` workers may
+use ``cores // workers`` threads (at least one), and a library already set lower
+(``OPENBLAS_NUM_THREADS=1``, say) is left as it is. It counts an inline engine's
+``workers`` too (by default the cores, as for the pools) and applies from the engine's
+construction whether or not a run ever uses the pool: OpenBLAS rounds a matmul
+differently on 1 and 2 threads, so one count for every path of every executor of the
+same width is what keeps their results bitwise equal. ``Engine("inline", workers=1)``
+gives BLAS every core. An explicit ``intra_op_threads=k`` is applied as given, also
+when it oversubscribes the machine (``dataflow doctor`` says so). An executor you pass
+in is yours: only this process's count is set, and its workers are left as they are.
 """
 
 from __future__ import annotations
@@ -137,8 +139,7 @@ class IntraOpThreads:
         self.kind = kind
         self.external = external
         self._token: int | None = None
-        if self.explicit:
-            self._hold()
+        self._hold()
 
     def __repr__(self) -> str:
         how = "set" if self.explicit else "default"
@@ -153,14 +154,10 @@ class IntraOpThreads:
         if self.external:
             return None, ()
         if self.kind in ("threads", "asyncio"):
-            return self._start_worker_thread, ()
+            return limit_this_thread, (self.threads, self.cap)
         if self.kind in ("processes", "dask"):
             return limit_worker_process, (self.threads, self.cap)
         return None, ()
-
-    def _start_worker_thread(self) -> None:
-        self._hold()
-        limit_this_thread(self.threads, self.cap)
 
     def _hold(self) -> None:
         with _lock:

@@ -68,7 +68,7 @@ def test_explicit_threads_reach_process_workers(original):
                           inline_threshold=0) as engine:
         counts, _, pid = run_probe(engine)
     assert pid != os.getpid()
-    assert counts == [ODD] * len(original)
+    assert counts and set(counts) == {ODD}  # the worker's own libraries (it may load fewer)
     assert blas_threads() == original
 
 
@@ -78,18 +78,32 @@ def test_default_keeps_workers_times_blas_threads_within_the_cores(kind, origina
     with scheduler.Engine(kind, workers=workers, inline_threshold=0) as engine:
         counts, _, _ = run_probe(engine)
     per_worker = max(1, cores() // workers)
-    assert counts == [min(n, per_worker) for n in original]
+    expected = [min(n, per_worker) for n in original]
+    if kind == "processes":  # the worker's own libraries (it may load fewer)
+        assert counts and set(counts) <= set(expected)
+    else:
+        assert counts == expected
     assert all(workers * n <= max(cores(), workers) for n in counts)
     assert blas_threads() == original
 
 
-def test_default_leaves_the_process_alone_until_a_pool_starts(original):
-    with threadpool_limits(limits=ODD):
-        with scheduler.Engine("threads", workers=max(2, cores()), inline_threshold=0) as engine:
-            assert blas_threads() == [ODD] * len(original)  # no pool yet: untouched
+def test_default_gives_every_executor_of_one_width_the_same_count(original):
+    # One count per width, set from construction on, whatever path a run takes: the
+    # same bits on every executor (OpenBLAS rounds differently on 1 and 2 threads).
+    workers = max(2, cores())
+    seen = {}
+    for kind in ("inline", "threads", "processes"):
+        with scheduler.Engine(kind, workers=workers, inline_threshold=0) as engine:
+            before_any_run = blas_threads()
             counts, _, _ = run_probe(engine)
-            assert counts == [1] * len(original) or cores() > 2 * ODD
-        assert blas_threads() == [ODD] * len(original)
+        if kind == "processes":  # the worker's own libraries (it may load fewer)
+            assert counts and set(counts) <= set(before_any_run)
+        else:
+            assert counts == before_any_run
+        seen[kind] = counts
+    assert seen["inline"] == seen["threads"]
+    assert set(seen["processes"]) <= set(seen["inline"])  # a worker may load fewer BLAS
+    assert seen["inline"] == [min(n, max(1, cores() // workers)) for n in original]
 
 
 def test_default_never_raises_a_lower_count(original):

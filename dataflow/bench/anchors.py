@@ -14,7 +14,6 @@ The sizes are arguments, so that a quick smoke run can shrink them.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -325,7 +324,3 @@ def pytensor_rows(tiny_n: int = w.TINY_N, chain_n: int = 10_000, calls: int = 20
                     f"{anchor}: runs one node at a time, no inter-op speedup", NAN, "",
                     "(context)", None))
     return rows
-
-
-def is_nan(value: float) -> bool:
-    return isinstance(value, float) and math.isnan(value)
