@@ -15,7 +15,7 @@ import numpy as np
 from scheduler.spec import REUSE_MIN_BYTES, TaskSpec
 
 from .graph import Node
-from .ops.core import Constant, Placeholder
+from .ops.core import Constant, Placeholder, convert_feed
 
 
 def task_spec(node: Node) -> TaskSpec:
@@ -23,26 +23,30 @@ def task_spec(node: Node) -> TaskSpec:
     if isinstance(op, Constant):
         return TaskSpec(None, (), node.name, op.name, value=op.value)
     if isinstance(op, Placeholder):
-        shape, dtype = op.shape, op.dtype  # a shape with unknown dims never matches below
-
-        def check_feed(value: Any, _op: Placeholder = op, _name: str = node.name) -> Any:
-            # The common feed, an array of exactly the declared shape and dtype, passes
-            # in a few comparisons: this runs for every placeholder of every run.
-            if type(value) is np.ndarray and value.dtype == dtype and value.shape == shape:
-                return value
-            return _op.check_feed(_name, value)
-
-        return TaskSpec(None, (), node.name, op.name, check_feed=check_feed)
+        return TaskSpec(None, (), node.name, op.name, check_feed=feed_check(node))
     cost_key = (op.name, tuple(p.shape for p in node.inputs), node.dtype.char)
     numpy_inputs = all(i.op.returns_numpy and i.op.builtin for i in node.inputs)
     kernel = op.kernel() if numpy_inputs or not op.kernel_takes_numpy_only else op.forward
     return TaskSpec(kernel, node.inputs, node.name, op.name, cost_key=cost_key,
-                    check_feed=_numpy_value, reusable=reusable_inputs(node, kernel))
+                    check_feed=feed_check(node), reusable=reusable_inputs(node, kernel))
 
 
-def _numpy_value(value: Any) -> Any:
-    """A value fed to a computed node, as numpy: the kernels after it may count on it."""
-    return value if isinstance(value, (np.ndarray, np.generic)) else np.asarray(value)
+def feed_check(node: Node) -> Any:
+    """The check of a value fed to ``node``: ``convert_feed``'s one rule, for
+    placeholders and fed computed nodes alike (the kernels after a computed node count
+    on its static shape and dtype as much as those after a placeholder do)."""
+    shape, dtype = node.shape, node.dtype  # a shape with unknown dims never matches below
+    kind = "placeholder" if isinstance(node.op, Placeholder) else "node"
+    what = f"{kind} {node.name!r}"
+
+    def check_feed(value: Any) -> Any:
+        # The common feed, an array of exactly the declared shape and dtype, passes in
+        # a few comparisons: this runs for every fed node of every run.
+        if type(value) is np.ndarray and value.dtype == dtype and value.shape == shape:
+            return value
+        return convert_feed(what, value, shape, dtype)
+
+    return check_feed
 
 
 def reusable_inputs(node: Node, kernel: Any) -> tuple[int, ...]:
