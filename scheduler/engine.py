@@ -435,14 +435,15 @@ def _call_reusing(kernel: Any, values: list, args: tuple[int, ...], donor: int) 
     """``kernel(*args)``, written into the donor's buffer when that is safe: the donor
     dies at this step, so the walk lets go of it first; then it must be an array that
     owns its memory, held by nothing else (no view of it, no other value, no caller:
-    the reference count says so), C-contiguous like a fresh result, and every other
+    the reference count says so; nor weakly, which the count does not show: a kernel
+    may keep its result in a weak cache), C-contiguous like a fresh result, and every other
     argument must be a C-contiguous array of its dtype (or a Python number), so that
     the result has the same dtype and layout, and so the same bits, as a fresh one."""
     argv = [values[a] for a in args]
     buf = values[donor]
     values[donor] = None
     if (type(buf) is np.ndarray and buf.nbytes >= REUSE_MIN_BYTES and buf.base is None
-            and sys.getrefcount(buf) == _SOLE_OWNER_REFCOUNT
+            and sys.getrefcount(buf) == _SOLE_OWNER_REFCOUNT and not weakref.getweakrefcount(buf)
             and buf.flags.c_contiguous and buf.flags.writeable):
         dtype = buf.dtype
         numbers = (int, float) if dtype.kind in "fc" else ()
