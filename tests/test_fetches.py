@@ -9,11 +9,11 @@ import itertools
 
 import numpy as np
 import pytest
+from engines import make_engine
 
 import dataflow as df
 import scheduler
 from scheduler.results import distinct_arrays
-from tests.engines import make_engine
 
 try:  # distributed's process-wide offload thread: started before any test, not by one
     from distributed.utils import _offload_executor

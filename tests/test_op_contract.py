@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from engines import make_engine
 
 import dataflow as df
 import scheduler
 from scheduler import NodeError
-from tests.engines import make_engine
 
 try:  # distributed's process-wide offload thread: started before any test, not by one
     from distributed.utils import _offload_executor
