@@ -19,10 +19,43 @@ import numpy as np
 def distinct_arrays(values: list[Any]) -> list[Any]:
     """``values`` (one per distinct fetch), where every array that is, or could share
     memory with, an array earlier in the list is replaced by a copy. The first fetch
-    that holds some memory keeps it; the check is by byte bounds, as
-    ``np.may_share_memory`` does it, so it never misses an overlap."""
+    that holds some memory keeps it; overlap is judged by byte bounds, as
+    ``np.may_share_memory`` judges it, so none is ever missed."""
     if len(values) < 2:
         return values
+    # Common case first: each array's memory belongs to an ndarray at the end of its
+    # chain of bases, and arrays with different owners cannot overlap. Only arrays of
+    # one owner are compared. Memory from elsewhere (a buffer, shared memory) takes
+    # the general sweep.
+    owners: dict[int, list[int]] = {}
+    for i, value in enumerate(values):
+        if not isinstance(value, np.ndarray):
+            continue
+        root = value
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        if root.base is not None or not root.flags.owndata:
+            return _by_byte_bounds(values)
+        owners.setdefault(id(root), []).append(i)
+    out = values
+    for members in owners.values():
+        if len(members) < 2:
+            continue
+        kept: list[np.ndarray] = []
+        for i in members:  # in fetch order
+            value = values[i]
+            if any(value is k or np.may_share_memory(value, k) for k in kept):
+                if out is values:
+                    out = list(values)
+                out[i] = value.copy(order="K")
+            else:
+                kept.append(value)
+    return out
+
+
+def _by_byte_bounds(values: list[Any]) -> list[Any]:
+    """``distinct_arrays`` for arrays of any provenance: overlapping byte ranges are
+    found by a sweep in address order."""
     spans = []  # (start, end, position) of the memory each array spans
     seen: dict[int, int] = {}  # id of each array -> its first position
     repeats: list[int] = []
@@ -35,8 +68,7 @@ def distinct_arrays(values: list[Any]) -> list[Any]:
         start, end = _byte_bounds(value)
         if end > start:
             spans.append((start, end, i))
-    # Overlapping spans, found by a sweep in address order: for each array, the
-    # earlier-fetched arrays whose memory it may share.
+    # For each array, the earlier-fetched arrays whose memory it may share.
     spans.sort()
     earlier: dict[int, list[int]] = {}
     active: list[tuple[int, int]] = []  # (end, position) of the spans still open

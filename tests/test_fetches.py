@@ -106,8 +106,11 @@ def test_a_node_fetched_twice_is_one_array(run):
     assert named["a"] is named["b"] and named["c"] is not named["a"]
 
 
-def test_distinct_arrays_copies_only_what_may_share_memory():
+@pytest.mark.parametrize("memory", ["owned", "foreign"])
+def test_distinct_arrays_copies_only_what_may_share_memory(memory):
     base = np.arange(12.0)
+    if memory == "foreign":  # memory that no ndarray owns (a buffer, shared memory)
+        base = np.frombuffer(bytearray(base.tobytes()), dtype=base.dtype)
     other = np.ones(3)
     empty = np.zeros(0)
     values = [base[:6], other, base[6:], base[5:7], 3, base, empty, empty, base[::-1]]
