@@ -74,11 +74,15 @@ class CheckedKernel:
     def __call__(self, *values: Any) -> Any:
         value = self.kernel(*values)
         if not isinstance(value, (np.ndarray, np.generic)):
+            given = type(value).__name__
             try:
                 value = np.asarray(value)
             except Exception as exc:  # noqa: BLE001 - reported as the contract break
-                raise TypeError(f"op {self.op} returned a {type(value).__name__}, not an "
-                                f"array of dtype {self.dtype} ({exc})") from None
+                raise TypeError(f"op {self.op} returned a {given}, not an array of dtype "
+                                f"{self.dtype} ({exc})") from None
+            if value.dtype == object:
+                raise TypeError(f"op {self.op} returned a {given}, not an array of dtype "
+                                f"{self.dtype}")
         shape = np.shape(value)
         if len(shape) != len(self.shape) or any(
                 d is not None and d != a for d, a in zip(self.shape, shape)):

@@ -122,3 +122,9 @@ def test_custom_op_results_are_made_numpy_when_they_keep_the_contract():
         out = wrong(y, name="text")
     with make_engine("inline") as eng, pytest.raises(NodeError, match="'text'.*dtype <U4"):
         eng.run(out, {y: 1.0})
+    opaque = df.custom_op("tests.contract.opaque", lambda v: {"not": "an array"})
+    with df.Graph():
+        z = df.placeholder("z", ())
+        out = opaque(z, name="opaque")
+    with make_engine("inline") as eng, pytest.raises(NodeError, match="'opaque'.*returned a dict"):
+        eng.run(out, {z: 1.0})

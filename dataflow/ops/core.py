@@ -109,8 +109,8 @@ _KIND_RANK = {"b": 0, "i": 1, "u": 1, "f": 2, "c": 3}
 
 
 def _converted(what: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``array.astype(dtype)`` when every value fits (a same-kind conversion), else
-    ``ValueError`` naming the first value that does not."""
+    """``array.astype(dtype)`` (``dtype`` of the same or a later kind) when every
+    value fits, else ``ValueError`` naming a value that does not."""
     if np.can_cast(array.dtype, dtype, "safe") or array.size == 0:
         return array.astype(dtype)  # every value fits (ints into floats, rounded)
     if dtype.kind in "iu":  # from bool or another integer type
