@@ -14,8 +14,10 @@ import numpy as np
 
 from scheduler.spec import REUSE_MIN_BYTES, TaskSpec
 
+from .errors import ShapeError
 from .graph import Node
-from .ops.core import Constant, Placeholder
+from .ops.core import Constant, Placeholder, convert_feed
+from .shapes import fmt
 
 
 def task_spec(node: Node) -> TaskSpec:
@@ -23,21 +25,14 @@ def task_spec(node: Node) -> TaskSpec:
     if isinstance(op, Constant):
         return TaskSpec(None, (), node.name, op.name, value=op.value)
     if isinstance(op, Placeholder):
-        shape, dtype = op.shape, op.dtype  # a shape with unknown dims never matches below
-
-        def check_feed(value: Any, _op: Placeholder = op, _name: str = node.name) -> Any:
-            # The common feed, an array of exactly the declared shape and dtype, passes
-            # in a few comparisons: this runs for every placeholder of every run.
-            if type(value) is np.ndarray and value.dtype == dtype and value.shape == shape:
-                return value
-            return _op.check_feed(_name, value)
-
-        return TaskSpec(None, (), node.name, op.name, check_feed=check_feed)
+        return TaskSpec(None, (), node.name, op.name, check_feed=feed_check(node))
     cost_key = (op.name, tuple(p.shape for p in node.inputs), node.dtype.char)
     numpy_inputs = all(i.op.returns_numpy and i.op.builtin for i in node.inputs)
     kernel = op.kernel() if numpy_inputs or not op.kernel_takes_numpy_only else op.forward
+    if not op.builtin:
+        kernel = CheckedKernel(kernel, op.name, node.shape, node.dtype)
     return TaskSpec(kernel, node.inputs, node.name, op.name, cost_key=cost_key,
-                    check_feed=_numpy_value, reusable=reusable_inputs(node, kernel),
+                    check_feed=feed_check(node), reusable=reusable_inputs(node, kernel),
                     cost_hint=cost_hint(node))
 
 
@@ -67,9 +62,66 @@ def cost_hint(node: Node) -> float | None:
     return SECONDS_PER_CALL + flops / op.flops_per_second + nbytes * SECONDS_PER_BYTE
 
 
-def _numpy_value(value: Any) -> Any:
-    """A value fed to a computed node, as numpy: the kernels after it may count on it."""
-    return value if isinstance(value, (np.ndarray, np.generic)) else np.asarray(value)
+def feed_check(node: Node) -> Any:
+    """The check of a value fed to ``node``: ``convert_feed``'s one rule, for
+    placeholders and fed computed nodes alike (the kernels after a computed node count
+    on its static shape and dtype as much as those after a placeholder do)."""
+    shape, dtype = node.shape, node.dtype  # a shape with unknown dims never matches below
+    kind = "placeholder" if isinstance(node.op, Placeholder) else "node"
+    what = f"{kind} {node.name!r}"
+
+    def check_feed(value: Any) -> Any:
+        # The common feed, an array of exactly the declared shape and dtype, passes in
+        # a few comparisons: this runs for every fed node of every run.
+        if type(value) is np.ndarray and value.dtype == dtype and value.shape == shape:
+            return value
+        return convert_feed(what, value, shape, dtype)
+
+    return check_feed
+
+
+class CheckedKernel:
+    """A user-defined op's kernel, whose result is checked against the node's static
+    shape (where known) and dtype: a kernel that breaks its op's shape rule fails at
+    its own node, not at the next node (which would be blamed for it), and never
+    passes silently. The result is made numpy (a Python scalar or list), as built-in
+    kernels' results are. Built-in ops are trusted and run unwrapped.
+
+    A plain class rather than a closure, so that process pools can pickle it (when
+    the kernel itself can be)."""
+
+    __slots__ = ("kernel", "op", "shape", "dtype")
+
+    def __init__(self, kernel: Any, op: str, shape: tuple, dtype: np.dtype):
+        self.kernel = kernel
+        self.op = op
+        self.shape = shape
+        self.dtype = dtype
+
+    def __call__(self, *values: Any) -> Any:
+        value = self.kernel(*values)
+        if not isinstance(value, (np.ndarray, np.generic)):
+            given = type(value).__name__
+            try:
+                value = np.asarray(value)
+            except Exception as exc:  # noqa: BLE001 - reported as the contract break
+                raise TypeError(f"op {self.op} returned a {given}, not an array of dtype "
+                                f"{self.dtype} ({exc})") from None
+            if value.dtype == object:
+                raise TypeError(f"op {self.op} returned a {given}, not an array of dtype "
+                                f"{self.dtype}")
+        shape = np.shape(value)
+        if len(shape) != len(self.shape) or any(
+                d is not None and d != a for d, a in zip(self.shape, shape)):
+            raise ShapeError(f"op {self.op} returned shape {fmt(shape)} where its shape "
+                             f"rule gave {fmt(self.shape)}")
+        if value.dtype != self.dtype:
+            raise TypeError(f"op {self.op} returned dtype {value.dtype} where its shape "
+                            f"rule gave {self.dtype}")
+        return value
+
+    def __reduce__(self) -> tuple:
+        return (CheckedKernel, (self.kernel, self.op, self.shape, self.dtype))
 
 
 def reusable_inputs(node: Node, kernel: Any) -> tuple[int, ...]:

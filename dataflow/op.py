@@ -21,7 +21,10 @@ Subclass :class:`Op` (or call :func:`custom_op` with plain functions)::
     cube = lambda x: df.apply(Cube(), x)
 
 ``infer`` raises ``ShapeError`` for inputs that cannot go together; without it an op
-is elementwise: the inputs' broadcast shape and promoted dtype.
+is elementwise: the inputs' broadcast shape and promoted dtype. ``forward`` must keep
+that rule: a run checks each result of a user-defined op against its node's shape
+(the dims ``infer`` knows) and dtype, and a result that breaks it fails that node with
+a ``NodeError`` naming it.
 
 ``bprop`` implements ``sum_i (grad_X op.f(inputs)_i) G_i`` of algorithm 6.5/6.6: given
 the input nodes, the output node and the gradient ``grad`` with respect to the output,

@@ -145,10 +145,14 @@ def plan_rewrite(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[li
     ``{new key: original key}`` for every new node that stands for an original one
     (the plan reports and feeds by those).
 
-    Fetches are preserved (see ``simplify``). A rewrite must not change which values a
-    run needs fed, so that missing and ill-shaped feeds fail exactly as before: if the
-    full rewrite leaves a placeholder or fed node that the fetches need unused, it is
-    redone without the rewrites that drop dependencies (``x * 0``, dropped zero terms).
+    Fetches are preserved (see ``simplify``), but two fetches that compute the same
+    thing are still merged into one node, computed once: the engine then hands each
+    distinct fetch an array of its own (``scheduler.results``).
+
+    A rewrite must not change which values a run needs fed, so that missing and
+    ill-shaped feeds fail exactly as before: if the full rewrite leaves a placeholder
+    or fed node that the fetches need unused, it is redone without the rewrites that
+    drop dependencies (``x * 0``, dropped zero terms).
     Fed keys that the fetches never needed are left out (the plan ignores them anyway).
     """
     identity = (list(fetch_keys), list(fed_keys), {})

@@ -324,9 +324,12 @@ def _read_bounded(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     return data
 
 
-# A complete JSON string (removed before counting, so that brackets inside strings do
-# not count; the unrolled pattern matches in linear time), and runs of brackets.
-_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A JSON string (removed before counting, so that brackets inside strings do not
+# count), and runs of brackets. The unrolled pattern cannot backtrack, and its closing
+# quote is optional: an unterminated string matches up to the end of the text instead
+# of failing, so the scan never retries from each quote inside it and stays linear in
+# the file's size (json.loads then reports the unterminated string).
+_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _BRACKETS_RE = re.compile(r"[\[\]{}]+")
 _SCAN_CHUNK = 1 << 20
 

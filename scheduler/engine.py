@@ -92,6 +92,7 @@ from .executors import (
 )
 from .placement import IN_FLIGHT_PER_WORKER, CostTable, Placement
 from .plan import DEFAULT_INLINE_THRESHOLD, Plan, gc_paused
+from .results import distinct_arrays
 from .spec import REUSE_MIN_BYTES, TaskSpec
 
 # Every LEARN_EVERY-th run of an all-cheap plan is timed, so that a task whose cost
@@ -207,7 +208,8 @@ class Engine:
     def run(self, fetches: Any, feeds: Mapping | None = None, *, timeout: float | None = None,
             callbacks: Iterable[Callback] = ()) -> Any:
         """Compute ``fetches`` (a node, a list/tuple of nodes, or a dict of them) and
-        return their values in the same structure, as numpy arrays."""
+        return their values in the same structure, as numpy arrays: one array of its
+        own per distinct fetch (a node fetched twice gives one array twice)."""
         return self._run(fetches, feeds, timeout, callbacks, None)
 
     def _run(self, fetches: Any, feeds: Mapping | None, timeout: float | None,
@@ -216,7 +218,7 @@ class Engine:
         feeds = dict(feeds or {})
         plan = self.plan(keys, feeds)
         values = self.execute(plan, feeds, timeout=timeout, callbacks=callbacks, cancel=cancel)
-        return pack([_as_array(v) for v in values])
+        return pack(distinct_arrays([_as_array(v) for v in values]))
 
     async def run_async(self, fetches: Any, feeds: Mapping | None = None, *,
                         timeout: float | None = None, callbacks: Iterable[Callback] = ()) -> Any:

@@ -5,6 +5,7 @@ Arrays here are over ``REUSE_MIN_BYTES``, under which buffers are never reused."
 
 from __future__ import annotations
 
+import tracemalloc
 import weakref
 
 import numpy as np
@@ -26,8 +27,6 @@ class Fresh:
         out = np.array(x, dtype=x.dtype, copy=True) * 2
         if self.keep:
             self.made.append(out)  # the op holds on to its result: never reusable
-        # Where its result lives (a weak reference to it would forbid the reuse).
-        self.last_address = out.ctypes.data
         return out
 
 
@@ -46,15 +45,52 @@ def run_without_reuse(fetches, feeds):
         return engine.run(fetches, feeds, callbacks=[scheduler.Callback()])
 
 
+def peak_bytes(fetches, feeds, callbacks=()) -> int:
+    """The most memory allocated at once during a second (planned) inline run."""
+    with scheduler.Engine("inline") as engine:
+        engine.run(fetches, feeds)
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            engine.run(fetches, feeds, callbacks=callbacks)
+            return tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+
+
 def test_a_dying_fresh_value_is_written_in_place():
-    forward = Fresh()
+    double = df.custom_op("double", lambda v: np.multiply(v, 2.0))  # one new array
     with df.Graph():
         x = df.placeholder("x", (40_000,))
-        y = df.tanh(fresh_op(forward)(x) + 1.0)
+        y = df.tanh(double(x) + 1.0)
     feeds = {x: np.linspace(-1, 1, 40_000)}
     out = run_inline(y, feeds)
-    assert out.ctypes.data == forward.last_address  # add and tanh wrote into fresh's buffer
     assert np.array_equal(out, np.tanh(2 * feeds[x] + 1.0))
+    # add and tanh both wrote into double's buffer: one 320 KB array at a time, where
+    # fresh results (the callback-driven path) need two at once.
+    size = feeds[x].nbytes
+    assert peak_bytes(y, feeds) < 1.5 * size
+    assert peak_bytes(y, feeds, [scheduler.Callback()]) >= 2 * size
+
+
+def test_a_value_its_kernel_holds_weakly_is_never_overwritten():
+    cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def cached(v):
+        out = np.multiply(v, 2.0)
+        cache["last"] = out  # a weak cache: invisible to the reference count
+        return out
+
+    with df.Graph():
+        x = df.placeholder("x", (40_000,))
+        y = df.tanh(df.custom_op("weakly_cached", cached)(x) + 1.0)
+    feeds = {x: np.linspace(-1, 1, 40_000)}
+    for kind in ("inline", "threads"):
+        out = scheduler.run(y, feeds, executor=kind)
+        assert np.array_equal(out, np.tanh(2 * feeds[x] + 1.0))
+        held = cache.get("last")
+        assert held is None or np.array_equal(held, 2 * feeds[x]), kind
 
 
 def test_feeds_fetches_views_and_held_values_are_never_overwritten():

@@ -16,7 +16,14 @@ A program replays into any graph, so the same function builds the graph the
 executors run and the one ``df.check_grads`` differentiates. Checked: the inline run
 agrees with numpy, every executor (threads, threads with everything pooled, asyncio
 through ``run_async``, processes) gives bitwise the same forward values and gradients
-as inline, and the gradients agree with central differences.
+as inline, and the gradients agree with central differences. On every run, two
+invariants hold: every distinct fetch is an array of its own (no two share memory; a
+node fetched twice is one array), and no fed array is written.
+
+Elementwise graphs over arrays large enough for buffer reuse (an op writing into an
+input that dies at it) check that reuse is never seen: feeds, fetched values and
+values a kernel still holds, strongly or weakly (in a weak cache), are never
+overwritten, and the values are bitwise numpy's.
 
 Plain task graphs mix literals, aliases, nested tasks and containers of keys; they
 are checked against a small reference evaluator of dask's conventions written here,
@@ -28,7 +35,9 @@ Quick settings by default; ``STRESS=1`` (``make stress``) runs many more example
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -544,10 +553,49 @@ def assert_bitwise(got: Sequence[Any], expected: Sequence[Any], what: str) -> No
         assert a.tobytes() == b.tobytes(), f"{what}: fetch {k} differs from inline:\n{a}\n{b}"
 
 
+def snapshot(feeds: dict) -> dict:
+    """What the caller's feeds hold now: their bytes, dtype, shape and flags."""
+    return {k: _state(v) for k, v in feeds.items()}
+
+
+def _state(value: Any) -> tuple:
+    array = np.asarray(value)
+    return (array.dtype, array.shape, array.tobytes(), array.flags.writeable)
+
+
+def assert_feeds_untouched(feeds: dict, before: dict, what: str) -> None:
+    for key, value in feeds.items():
+        assert _state(value) == before[key], f"{what}: the feed of {key!r} was written"
+
+
+def assert_distinct_fetches(fetches: Sequence[Any], values: Sequence[Any], what: str) -> None:
+    """Every distinct fetch its own array: no two share memory; a node fetched twice
+    is one array."""
+    assert len(fetches) == len(values)
+    for (i, a), (j, b) in itertools.combinations(enumerate(values), 2):
+        if fetches[i] is fetches[j]:
+            assert a is b, f"{what}: fetch {i} fetched again at {j} is another array"
+        elif isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+            assert a is not b and not np.may_share_memory(a, b), (
+                f"{what}: fetches {i} ({fetches[i]!r}) and {j} ({fetches[j]!r}) share memory")
+
+
+def run_checked(engine: Any, fetches: list, feeds: dict, what: str) -> list:
+    """``engine.run`` (or the inline one-shot run) with the run invariants checked."""
+    before = snapshot(feeds)
+    if engine is None:
+        got = scheduler.run(fetches, feeds, executor="inline")
+    else:
+        got = engine.run(fetches, feeds)
+    assert_feeds_untouched(feeds, before, what)
+    assert_distinct_fetches(fetches, got, what)
+    return got
+
+
 def check_program(program: Program, engines: dict[str, Any], runs: int = 2) -> None:
     note(repr(program))
     built = Built(program)
-    expected = scheduler.run(built.fetches, built.feeds, executor="inline")
+    expected = run_checked(None, built.fetches, built.feeds, "inline")
     # The inline run is numpy's arithmetic (the rewrites may reassociate nothing).
     for k, i in enumerate(program.outputs):
         want = program.shadow[i]
@@ -559,7 +607,7 @@ def check_program(program: Program, engines: dict[str, Any], runs: int = 2) -> N
     # Every node's static shape and dtype (forward and gradient nodes) match its value.
     graph = built.xs[0].graph
     nodes = list(graph.nodes)
-    for node, value in zip(nodes, scheduler.run(nodes, built.feeds, executor="inline")):
+    for node, value in zip(nodes, run_checked(None, nodes, built.feeds, "every node")):
         value = np.asarray(value)
         assert value.dtype == node.dtype, f"{node!r} computed dtype {value.dtype}"
         assert len(value.shape) == len(node.shape) and all(
@@ -567,7 +615,8 @@ def check_program(program: Program, engines: dict[str, Any], runs: int = 2) -> N
         ), f"{node!r} computed shape {value.shape}"
     for kind, engine in engines.items():
         for r in range(runs):
-            assert_bitwise(engine.run(built.fetches, built.feeds), expected, f"{kind} run {r}")
+            got = run_checked(engine, built.fetches, built.feeds, f"{kind} run {r}")
+            assert_bitwise(got, expected, f"{kind} run {r}")
 
 
 def check_program_gradients(program: Program) -> None:
@@ -614,6 +663,152 @@ def test_random_graphs_bitwise_equal_on_processes(engines):
 def test_random_graphs_gradients_match_finite_differences(program):
     note(repr(program))
     check_program_gradients(program)
+
+
+# ======================================================================================
+# Buffer reuse never seen: large elementwise graphs
+# ======================================================================================
+
+BIG = (256, 260)  # 520 KiB of float64: over REUSE_MIN_BYTES, so buffers may be reused
+
+#: (weak reference, bytes when made) of each result a WeaklyCached kernel made
+WEAK_CACHE: list[tuple[weakref.ref, bytes]] = []
+#: (array, bytes when made) of each result a StronglyHeld kernel made and kept
+HELD: list[tuple[np.ndarray, bytes]] = []
+
+
+class WeaklyCached(df.Op):
+    """A copy of its input, remembered in a weak cache, as a memoizing kernel would:
+    the reference count does not show that anyone can still see it."""
+
+    name = "tests.fuzz.weakly_cached"
+
+    def forward(self, x):
+        out = np.array(x, copy=True)
+        WEAK_CACHE.append((weakref.ref(out), out.tobytes()))
+        return out
+
+
+class StronglyHeld(df.Op):
+    """A copy of its input that the kernel keeps (a plain reference)."""
+
+    name = "tests.fuzz.strongly_held"
+
+    def forward(self, x):
+        out = np.array(x, copy=True)
+        HELD.append((out, out.tobytes()))
+        return out
+
+
+class Identity(df.Op):
+    """Its input itself, unchanged: the value is then shared by two nodes (or is the
+    caller's feed)."""
+
+    name = "tests.fuzz.identity"
+
+    def forward(self, x):
+        return x
+
+
+REUSE_UNARY = {"sin": (df.sin, np.sin), "cos": (df.cos, np.cos), "tanh": (df.tanh, np.tanh),
+               "negative": (df.negative, np.negative)}
+REUSE_BINARY = {"add": (df.add, np.add), "subtract": (df.subtract, np.subtract),
+                "multiply": (df.multiply, np.multiply), "maximum": (df.maximum, np.maximum)}
+REUSE_CUSTOM = {"weak": WeaklyCached, "held": StronglyHeld, "identity": Identity}
+
+
+@dataclass
+class ReuseProgram:
+    inputs: list[np.ndarray]
+    steps: list[tuple] = field(default_factory=list)
+    fetches: list[int] = field(default_factory=list)
+    fed: int | None = None  # a computed value that the caller feeds instead
+    shadow: list[np.ndarray] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return (f"{len(self.inputs)} inputs {BIG}, steps {self.steps}, "
+                f"fetches {self.fetches}, fed {self.fed}")
+
+
+@st.composite
+def reuse_programs(draw: Any, max_steps: int = 14) -> ReuseProgram:
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    prog = ReuseProgram([rng.uniform(-1.0, 1.0, BIG) for _ in range(draw(st.integers(1, 2)))])
+    vals = list(prog.inputs)
+    for _ in range(draw(st.integers(1, max_steps))):
+        i = draw(st.integers(0, len(vals) - 1))
+        kind = draw(st.sampled_from(["unary", "binary", "binary", "custom"]))
+        if kind == "unary":
+            step: tuple = ("unary", draw(st.sampled_from(sorted(REUSE_UNARY))), i)
+            value = REUSE_UNARY[step[1]][1](vals[i])
+        elif kind == "binary":
+            j = draw(st.integers(0, len(vals) - 1))
+            step = ("binary", draw(st.sampled_from(sorted(REUSE_BINARY))), i, j)
+            value = REUSE_BINARY[step[1]][1](vals[i], vals[j])
+        else:
+            step = ("custom", draw(st.sampled_from(sorted(REUSE_CUSTOM))), i)
+            value = vals[i]
+        prog.steps.append(step)
+        vals.append(value)
+        if float(np.max(np.abs(value))) > BOUND:  # keep magnitudes tame
+            prog.steps.append(("unary", "tanh", len(vals) - 1))
+            vals.append(np.tanh(value))
+    n = len(vals)
+    prog.fetches = [n - 1] + draw(st.lists(st.integers(0, n - 1), max_size=4))
+    if n > len(prog.inputs) and draw(st.integers(0, 2)) == 0:
+        prog.fed = draw(st.integers(len(prog.inputs), n - 1))
+    prog.shadow = vals
+    return prog
+
+
+def build_reuse(program: ReuseProgram) -> tuple[list, dict]:
+    """The fetch nodes and the feeds (the caller's own arrays) of a program."""
+    with df.Graph():
+        nodes = [df.placeholder(f"x{k}", BIG) for k in range(len(program.inputs))]
+    for step in program.steps:
+        if step[0] == "unary":
+            nodes.append(REUSE_UNARY[step[1]][0](nodes[step[2]]))
+        elif step[0] == "binary":
+            nodes.append(REUSE_BINARY[step[1]][0](nodes[step[2]], nodes[step[3]]))
+        else:
+            nodes.append(df.apply(REUSE_CUSTOM[step[1]](), nodes[step[2]]))
+    feeds = {nodes[k]: np.array(x, copy=True) for k, x in enumerate(program.inputs)}
+    if program.fed is not None:
+        feeds[nodes[program.fed]] = np.array(program.shadow[program.fed], copy=True)
+    return [nodes[i] for i in program.fetches], feeds
+
+
+def check_reuse_program(program: ReuseProgram, engines: dict[str, Any]) -> None:
+    note(repr(program))
+    fetches, feeds = build_reuse(program)
+    expected = [program.shadow[i] for i in program.fetches]
+    for kind, engine in [("inline", None), *engines.items()]:
+        for r in range(2):
+            what = f"{kind} run {r}"
+            WEAK_CACHE.clear()
+            HELD.clear()
+            got = run_checked(engine, fetches, feeds, what)
+            assert_bitwise(got, expected, what)
+            for array, made in HELD:
+                assert array.tobytes() == made, f"{what}: a value its kernel holds was written"
+            for ref, made in WEAK_CACHE:
+                array = ref()
+                assert array is None or array.tobytes() == made, (
+                    f"{what}: a value its kernel holds weakly was written")
+            del got
+    WEAK_CACHE.clear()
+    HELD.clear()
+
+
+@pytest.mark.parametrize("engines", [("threads", "asyncio")], indirect=True,
+                         ids=["inline+threads+asyncio"])
+def test_buffer_reuse_never_writes_what_anyone_holds(engines):
+    @fuzz_settings(quick=25, stress=500)
+    @given(program=reuse_programs())
+    def check(program: ReuseProgram) -> None:
+        check_reuse_program(program, engines)
+
+    check()
 
 
 # ======================================================================================

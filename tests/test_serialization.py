@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -325,6 +326,25 @@ def test_refuses_non_json(tmp_path, content, match):
 def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path, valid_doc):
     doc = edited(valid_doc, lambda d: d.update(graph="[" * 1000 + '"{\\' + "{" * 1000))
     assert df.load(write(tmp_path, doc))["z"].graph.name.startswith("[[[")
+
+
+@pytest.mark.parametrize("body", [b'\\"', b'\\"[', b'\\\\\\"{'])
+def test_unterminated_string_of_escaped_quotes_loads_in_linear_time(tmp_path, body):
+    # 4 MB: a scan that retried from every quote would need hours (its time grows with
+    # the square of the size: 20 KB took 1.5 s); a linear one takes well under a
+    # second. A child process, so that a quadratic scan fails the test at the timeout
+    # instead of hanging it.
+    path = write(tmp_path, b'{"format": "' + body * (4_000_000 // len(body)))
+    code = ("import sys, dataflow as df\n"
+            "try:\n    df.load(sys.argv[1])\n"
+            "except df.LoadError as exc:\n    print(exc)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, path], capture_output=True,
+                              text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading a 4 MB file did not finish within 60 s")
+    assert done.returncode == 0, done.stderr
+    assert "not valid JSON" in done.stdout and "Unterminated string" in done.stdout
 
 
 def _set(path, value):

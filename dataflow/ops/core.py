@@ -68,30 +68,67 @@ class Placeholder(Op):
         return ()
 
     def check_feed(self, name: str, value: Any) -> np.ndarray:
-        """Validate a fed value against the declared shape and dtype."""
-        if isinstance(value, Node):
-            raise TypeError(f"feed for placeholder {name!r} is a node; feed a value")
-        array = np.asarray(value)
-        if array.dtype == object:
-            raise TypeError(f"feed for placeholder {name!r} is not numeric "
-                            f"(got {type(value).__name__})")
-        if array.dtype != self.dtype:
-            if np.can_cast(array.dtype, self.dtype, casting="same_kind") and (
-                array.dtype.kind == self.dtype.kind or not isinstance(value, np.ndarray)
-            ):
-                array = array.astype(self.dtype)
-            else:
-                raise TypeError(
-                    f"feed for placeholder {name!r} has dtype {array.dtype}, expected {self.dtype}"
-                )
-        if len(array.shape) != len(self.shape) or any(
-            d is not None and d != a for d, a in zip(self.shape, array.shape)
-        ):
-            raise ValueError(
-                f"feed for placeholder {name!r} has shape {fmt(array.shape)}, "
-                f"expected {fmt(self.shape)}"
-            )
-        return array
+        """Validate a fed value against the declared shape and dtype (see ``convert_feed``)."""
+        return convert_feed(f"placeholder {name!r}", value, self.shape, self.dtype)
+
+
+def convert_feed(what: str, value: Any, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """``value`` as an array of ``dtype`` and ``shape`` (``None`` dims match any size),
+    by the one rule every feed follows, whether an array, a list or a scalar:
+
+    - ``np.asarray(value)`` first (a list or scalar gets numpy's own dtype: int64,
+      float64, bool, complex128); it must be numeric (bool, int, float or complex);
+    - a value of another dtype is converted to ``dtype`` only when ``dtype`` is of the
+      same kind or a later one in bool < integer (signed or unsigned) < float <
+      complex (never floats to integers, complex to reals, or numbers to bool) and
+      every value fits: integers within the target's range, no finite value that
+      overflows to infinity. Floats round to the nearest value of ``dtype``, as
+      ``astype`` rounds them. A value that does not fit raises ``ValueError`` naming
+      the feed: nothing wraps around or overflows silently.
+
+    ``what`` names the feed in errors ("placeholder 'x'")."""
+    if isinstance(value, Node):
+        raise TypeError(f"feed for {what} is a node; feed a value")
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise TypeError(f"feed for {what} is not numeric (got {type(value).__name__}; "
+                        "integers beyond 64 bits and ragged lists are not numeric arrays)")
+    if array.dtype != dtype:
+        if _KIND_RANK.get(array.dtype.kind, 9) > _KIND_RANK.get(dtype.kind, -1):
+            raise TypeError(f"feed for {what} has dtype {array.dtype}, expected {dtype}")
+        array = _converted(what, array, dtype)
+    if len(array.shape) != len(shape) or any(
+        d is not None and d != a for d, a in zip(shape, array.shape)
+    ):
+        raise ValueError(f"feed for {what} has shape {fmt(array.shape)}, expected {fmt(shape)}")
+    return array
+
+
+#: The kinds a feed may be converted between, in order: only to the same or a later one.
+_KIND_RANK = {"b": 0, "i": 1, "u": 1, "f": 2, "c": 3}
+
+
+def _converted(what: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``array.astype(dtype)`` (``dtype`` of the same or a later kind) when every
+    value fits, else ``ValueError`` naming a value that does not."""
+    if np.can_cast(array.dtype, dtype, "safe") or array.size == 0:
+        return array.astype(dtype)  # every value fits (ints into floats, rounded)
+    if dtype.kind in "iu":  # from bool or another integer type
+        info = np.iinfo(dtype)
+        low, high = int(array.min()), int(array.max())
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise ValueError(f"feed for {what}: value {bad} does not fit its dtype {dtype} "
+                             f"(range {info.min} to {info.max}); it would wrap around")
+        return array.astype(dtype)
+    with np.errstate(all="ignore"):  # overflow is checked below; underflow rounds to 0
+        converted = array.astype(dtype)
+    overflowed = np.isfinite(array) & ~np.isfinite(converted)
+    if overflowed.any():
+        bad = array[np.unravel_index(int(np.argmax(overflowed)), array.shape)]
+        raise ValueError(f"feed for {what}: value {bad} does not fit its dtype {dtype} "
+                         f"(largest {str(np.finfo(dtype).max)}); it would overflow to infinity")
+    return converted
 
 
 def placeholder(name: str, shape: Sequence[int | None] | None = None, dtype: Any = None,
