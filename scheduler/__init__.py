@@ -20,6 +20,7 @@ from .errors import (
     RunCancelled,
     SchedulerError,
 )
+from .names import UnknownNameError
 from .plan import Plan
 from .profiler import NodeRecord, Profiler, RunProfile
 from .progress import ProgressBar, progress
@@ -29,7 +30,7 @@ __all__ = [
     "Callback", "CycleError", "Engine", "FeedError", "NO_VALUE", "NodeError", "NodeRecord",
     "NumericsError", "Plan", "Profiler", "ProgressBar", "RunCancelled", "RunInfo", "RunProfile",
     "SchedulerError",
-    "TaskRecord", "TaskSpec", "get", "progress", "run",
+    "TaskRecord", "TaskSpec", "UnknownNameError", "get", "progress", "run",
 ]
 
 

@@ -66,6 +66,7 @@ from .executors import (
     submit_shared,
     worker_name,
 )
+from .names import resolve_names
 from .plan import DEFAULT_INLINE_THRESHOLD, Plan, gc_paused
 from .spec import REUSE_MIN_BYTES, TaskSpec
 
@@ -165,11 +166,14 @@ class Engine:
     def run(self, fetches: Any, feeds: Mapping | None = None, *, timeout: float | None = None,
             callbacks: Iterable[Callback] = ()) -> Any:
         """Compute ``fetches`` (a node, a list/tuple of nodes, or a dict of them) and
-        return their values in the same structure, as numpy arrays."""
+        return their values in the same structure, as numpy arrays. A fetch or feed key
+        may be a node's name, looked up in the graph of the request's nodes
+        (``scheduler.names``)."""
         return self._run(fetches, feeds, timeout, callbacks, None)
 
     def _run(self, fetches: Any, feeds: Mapping | None, timeout: float | None,
              callbacks: Iterable[Callback], cancel: threading.Event | None) -> Any:
+        fetches, feeds = resolve_names(fetches, feeds)
         keys, pack = _flatten_fetches(fetches)
         feeds = dict(feeds or {})
         plan = self.plan(keys, feeds)
@@ -214,6 +218,9 @@ class Engine:
                 self._plans.move_to_end(cache_key)
                 return plan
         # Checked once per plan: a cached plan's fed keys passed these checks.
+        for key in keys:
+            if not hasattr(key, "__task__"):  # before the feeds: they are judged by the fetches
+                raise TypeError(f"cannot run {key!r}: fetches must be graph nodes or their names")
         graph = getattr(keys[0], "graph", None) if keys else None
         for key in feeds:
             if not hasattr(key, "__task__"):
