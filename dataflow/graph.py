@@ -226,6 +226,13 @@ class Graph:
             self._names[name] = node
         return name
 
+    def _check_member(self, node: Node) -> None:
+        if not isinstance(node, Node):
+            raise GraphError(f"expected a Node, got {type(node).__name__}")
+        if node.graph is not self:
+            raise GraphError(f"node {node.name!r} belongs to graph {node.graph.name!r}, "
+                             f"not {self.name!r}")
+
     def _add(self, op: Op, inputs: tuple[Node, ...], shape: tuple, dtype: np.dtype,
              name: str | None) -> Node:
         if name is not None and (type(name) is not str or not name):

@@ -113,6 +113,7 @@ def shape_argument(what: str, shape: Any, *, allow_unknown: bool = False,
             raise TypeError(f"{what}: bad dimension {d!r} in shape {tuple(shape)!r}: dims "
                             "must be ints" + (" or None" if allow_unknown else ""))
         if d < 0 and not (allow_minus_one and d == -1):
-            raise ShapeError(f"{what}: negative dimension {int(d)} in shape {tuple(shape)!r}")
+            raise ShapeError(f"{what}: bad dimension {int(d)} in shape {tuple(shape)!r}: dims "
+                             "must not be negative")
         out.append(int(d))
     return tuple(out)

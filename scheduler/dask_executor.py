@@ -53,7 +53,7 @@ from .errors import NodeError, NumericsError, SchedulerError
 from .executors import default_workers
 from .plan import Plan
 
-_INSTALL = "pip install 'dataflow[distributed]'"
+_INSTALL = "pip install 'dataflow-graph-engine[distributed]'"
 
 try:
     import distributed

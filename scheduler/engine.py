@@ -902,7 +902,7 @@ def _require_distributed() -> None:
         found = False
     if not found:
         raise ImportError("executor 'dask' needs dask.distributed: "
-                          "pip install 'dataflow[distributed]'")
+                          "pip install 'dataflow-graph-engine[distributed]'")
 
 
 def _shutdown_pools(owned: dict) -> None:
