@@ -187,6 +187,8 @@ class Engine:
         Cancelling the awaiting task stops the run: no node starts afterwards (the nodes
         running then finish in the background, as after a timeout)."""
         loop = asyncio.get_running_loop()
+        # Names are looked up here: a name-only request reads this thread's default graph.
+        fetches, feeds = resolve_names(fetches, feeds)
         coordinators = self._coordinators()
         cancel = threading.Event()
         try:
