@@ -149,8 +149,10 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("graph", help="graph file written by dataflow.save")
     p.add_argument("--feed", action="append", default=[], metavar="NAME=FILE.npy",
                    help="value of placeholder NAME (repeatable)")
-    p.add_argument("--fetch", action="append", default=[], metavar="NAME",
-                   help="node to compute (repeatable; default: the graph's outputs)")
+    p.add_argument("--fetch", action="append", default=[], metavar="KEY",
+                   help="what to compute: a key the outputs were saved under, or a node "
+                   "name (repeatable; default: the saved outputs, or for a saved graph "
+                   "the nodes nothing consumes); the .npz stores each value under it")
     _executor_args(p)
 
 

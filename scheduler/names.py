@@ -41,6 +41,9 @@ def set_default_lookup(lookup: Callable[[str], Any] | None) -> None:
 
 def resolve_names(fetches: Any, feeds: Mapping | None) -> tuple[Any, Mapping | None]:
     """``(fetches, feeds)`` with every name replaced by the node it names."""
+    if feeds is not None and not isinstance(feeds, Mapping):
+        raise TypeError(f"feeds must be a dict of node (or name) -> value, got "
+                        f"{type(feeds).__name__}")
     flat = _flat_fetches(fetches)
     feed_keys = list(feeds) if feeds else []
     if not any(isinstance(f, str) for f in flat) and not any(

@@ -275,6 +275,16 @@ def test_other_bad_arguments_name_themselves():
             df.swapaxes(x, 0, 5)
         with pytest.raises(TypeError, match="add_n: xs must be a list or tuple"):
             df.add_n(x)
+        with pytest.raises(TypeError, match="transpose: axes must be a sequence of ints"):
+            df.transpose(x, "ab")
+        with pytest.raises(TypeError, match="constant 'c': unsupported dtype object"):
+            df.constant([1, "a", None], "c")
+        with pytest.raises(TypeError, match="constant: dtype 'bogus' is not a numpy dtype"):
+            df.constant(1, dtype="bogus")
+        with pytest.raises(TypeError, match="full_like: dtype 'bogus'"):
+            df.full_like(x, 1, "bogus")
+    with pytest.raises(TypeError, match="feeds must be a dict of node"):
+        scheduler.run(x, [np.ones((2, 3))])
 
 
 # -- docstrings ---------------------------------------------------------------------------------

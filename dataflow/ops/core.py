@@ -53,8 +53,8 @@ def constant(value: Any, name: str | None = None, *, dtype: Any = None,
     Returns
     -------
     Node
-        ``value``'s shape and dtype. Object, string and structured values raise
-        ``TypeError``.
+        ``value``'s shape and dtype. Values numpy can only hold as objects, and
+        structured values, raise ``TypeError``.
 
     Notes
     -----
@@ -62,9 +62,13 @@ def constant(value: Any, name: str | None = None, *, dtype: Any = None,
     """
     if isinstance(value, Node):
         raise GraphError(f"constant() got node {value.name!r}; it is already a node")
+    what = "constant" if name is None else f"constant {name!r}"
+    if dtype is not None:
+        dtype = _dtype_argument(what, dtype)
     array = np.array(value, dtype=dtype)
     if array.dtype == object or array.dtype.kind == "V":
-        raise TypeError(f"constant {name or ''}: unsupported dtype {array.dtype}")
+        raise TypeError(f"{what}: unsupported dtype {array.dtype} (of a "
+                        f"{type(value).__name__})")
     array.flags.writeable = False
     g = graph or get_default_graph()
     return g._add(Constant(value=array), (), array.shape, array.dtype, name)

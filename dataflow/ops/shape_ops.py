@@ -337,6 +337,9 @@ def transpose(x: Node, axes: Sequence[int] | None = None, *,
     """
     if axes is not None:
         ndim = len(x.shape)
+        if isinstance(axes, (str, bytes)) or not isinstance(axes, (Sequence, np.ndarray)) or any(
+                isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in axes):
+            raise TypeError(f"transpose: axes must be a sequence of ints, got {axes!r}")
         axes = tuple(int(a) for a in axes)
         if any(not -ndim <= a < ndim for a in axes):
             raise ShapeError(f"transpose: axes {axes} are out of range for an input of shape "
