@@ -41,14 +41,13 @@ def set_default_lookup(lookup: Callable[[str], Any] | None) -> None:
 
 def resolve_names(fetches: Any, feeds: Mapping | None) -> tuple[Any, Mapping | None]:
     """``(fetches, feeds)`` with every name replaced by the node it names."""
-    if feeds is not None and not isinstance(feeds, Mapping):
+    if feeds is not None and type(feeds) is not dict and not isinstance(feeds, Mapping):
         raise TypeError(f"feeds must be a dict of node (or name) -> value, got "
                         f"{type(feeds).__name__}")
+    if not _has_names(fetches, feeds):
+        return fetches, feeds  # the common case, on every run's path: nodes only
     flat = _flat_fetches(fetches)
     feed_keys = list(feeds) if feeds else []
-    if not any(isinstance(f, str) for f in flat) and not any(
-            isinstance(k, str) for k in feed_keys):
-        return fetches, feeds  # the common case: nodes only
     anchor = next((k for k in flat + feed_keys
                    if not isinstance(k, str) and hasattr(k, "__key_named__")), None)
     find = anchor.__key_named__ if anchor is not None else _default_lookup
@@ -82,6 +81,21 @@ def resolve_names(fetches: Any, feeds: Mapping | None) -> tuple[Any, Mapping | N
             resolved[node] = value
         feeds = resolved
     return fetches, feeds
+
+
+def _has_names(fetches: Any, feeds: Mapping | None) -> bool:
+    if isinstance(fetches, str):
+        return True
+    items = fetches.values() if isinstance(fetches, dict) else (
+        fetches if isinstance(fetches, (list, tuple)) else ())
+    for item in items:
+        if isinstance(item, str):
+            return True
+    if feeds:
+        for key in feeds:
+            if isinstance(key, str):
+                return True
+    return False
 
 
 def _flat_fetches(fetches: Any) -> list:
