@@ -194,12 +194,6 @@ class Graph:
         finally:
             self._scope.prefix = outer
 
-    def unique_name(self, base: str) -> str:
-        """``base`` if no node has that name yet, else ``base_1``, ``base_2``, ..."""
-        check_name(base, "name")
-        with self._lock:
-            return self._free_name(base)
-
     def _free_name(self, base: str) -> str:
         # Called with the lock held.
         count = self._name_counts.get(base, 0)
