@@ -228,9 +228,10 @@ def grad(y: Node, x: Node, grad_y: Any = None, *, unconnected: str = "zero",
          name: str | None = None) -> Node | None:
     """``gradients`` for one y and one x. ``name`` names the result (default
     ``grad/<x>``)."""
+    first_new = y.graph._next_id if isinstance(y, Node) else -1
     result = gradients([y], [x], None if grad_y is None else [grad_y],
                        unconnected=unconnected)[0]
-    return _named(result, name)
+    return _named(result, name, first_new)
 
 
 def _named(node: Node | None, name: str | None, first_new: int = -1) -> Node | None:

@@ -175,6 +175,9 @@ def test_gradient_naming_leaves_existing_nodes_alone():
         named = df.grad(df.sum(df.sin(x)), x, name="dsin")
         jac = df.jacobian(df.sin(x), x, name="J")
     assert gx is seed and seed.name == "seed"
+    with pytest.raises(df.GraphError, match="it is the existing node 'seed'"):
+        df.grad(x, x, seed, name="renamed")
+    assert seed.name == "seed"
     assert twice is same and twice.name == "grad/x"
     assert g["dsin"] is named and g["J"] is jac and jac.shape == (2, 2)
 
