@@ -365,3 +365,16 @@ def test_names_resolve_in_the_loop_thread_too():
             return await engine.run_async("s", {g["x"]: np.ones(2)})
 
     assert asyncio.run(main()) == 2.0
+
+
+def test_op_docstring_examples_run():
+    import doctest
+
+    from dataflow.ops import core, elementwise, linalg, nn, reductions, shape_ops
+
+    attempted = 0
+    for module in (core, elementwise, linalg, nn, reductions, shape_ops):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, module.__name__
+        attempted += result.attempted
+    assert attempted > 0
