@@ -170,6 +170,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import scheduler
 
     graph, fetches, feeds = _load_request(args)
+    for key in fetches:  # before the run, not after it
+        _check_npz_key(key)
     with scheduler.Engine(args.executor, args.workers) as engine:
         values = engine.run(fetches, feeds)
     out = Path(args.out)
@@ -188,10 +190,20 @@ def write_npz(path: str | Path, arrays: dict[str, Any]) -> None:
     arguments: a key ``file`` or ``allow_pickle`` would be lost or clash.)"""
     import zipfile
 
+    for key in arrays:
+        _check_npz_key(key)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for key, value in arrays.items():
             with archive.open(key + ".npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+
+
+def _check_npz_key(key: str) -> None:
+    # A zip member name ends at a NUL: "a\0b" would be stored as "a" (and could
+    # overwrite another key).
+    if "\0" in key:
+        raise UsageError(f"cannot store {key!r} in an .npz file: the name holds a NUL "
+                         "character; fetch it under a key of a saved dict instead")
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:

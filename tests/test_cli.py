@@ -473,3 +473,14 @@ def test_missing_extra_is_a_one_line_error(saved, monkeypatch, capsys):
     code, _, err = cli(["run", saved["graph"], "--feed", saved["feed"], "--executor", "dask"],
                        capsys)
     assert_one_line_error(code, err, "dask.distributed", "dataflow-graph-engine[distributed]")
+
+
+def test_a_name_an_npz_cannot_hold_is_refused_before_the_run(tmp_path, capsys):
+    with df.Graph() as g:
+        df.constant(1.0, "a")
+        df.constant(2.0, "a\0b")  # a zip member name would end at the NUL: "a" again
+    df.save(g, tmp_path / "g.json")
+    out = tmp_path / "r.npz"
+    code, _, err = cli(["run", str(tmp_path / "g.json"), "--out", str(out)], capsys)
+    assert_one_line_error(code, err, "NUL")
+    assert not out.exists()
