@@ -13,7 +13,14 @@ same graph (symbol-to-symbol back-propagation), and run it with ``scheduler``.
 from . import models
 from .checking import check_grads
 from .checkpointing import after
-from .errors import DataflowError, GradientError, GraphError, LoadError, ShapeError
+from .errors import (
+    DataflowError,
+    GradientError,
+    GraphError,
+    LoadError,
+    ShapeError,
+    UnknownNameError,
+)
 from .gradients import grad, gradients, hessian_vector_product, jacobian
 from .graph import (
     Graph,
@@ -35,5 +42,5 @@ __all__ = [
     "REGISTRY", "ShapeError", "apply", "check_grads", "custom_op", "get_consumers",
     "get_default_graph", "get_inputs", "get_operation", "grad", "gradients",
     "hessian_vector_product", "jacobian", "load", "models", "reset_default_graph", "save",
-    "simplify", "after", *_ops_all,
+    "simplify", "after", "UnknownNameError", *_ops_all,
 ]

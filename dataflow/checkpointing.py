@@ -74,9 +74,31 @@ class After(Op):
         return (grad,) + (None,) * (len(inputs) - 1)
 
 
-def after(x: Node, *tokens: Node) -> Node:
-    """``x``, computed no earlier than ``tokens`` (whose values are ignored)."""
-    return apply(After(), x, *tokens) if tokens else x
+def after(x: Node, *tokens: Node, name: str | None = None) -> Node:
+    """``x``, computed no earlier than ``tokens`` (whose values are ignored).
+
+    Parameters
+    ----------
+    x : Node
+        The value passed on.
+    *tokens : Node
+        Nodes that must have run first; their values are not read.
+    name : str, optional
+        Name of the new node. Without one, ``x`` itself is returned when there are no
+        tokens.
+
+    Returns
+    -------
+    Node
+        ``x``'s value, shape and dtype.
+
+    Notes
+    -----
+    Gradient: ``grad`` for ``x``; none for the tokens.
+    """
+    if not tokens and name is None:
+        return x
+    return apply(After(), x, *tokens, name=name)
 
 
 def _is_leaf(node: Node) -> bool:

@@ -66,8 +66,9 @@ def _is_user_error(exc: BaseException) -> bool:
 
     from .errors import DataflowError
 
+    # ImportError: an optional extra that a chosen option needs is not installed.
     return isinstance(exc, (UsageError, DataflowError, SchedulerError, OSError, ValueError,
-                            KeyError, TypeError))
+                            KeyError, TypeError, ImportError))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -163,8 +164,10 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("graph", help="graph file written by dataflow.save")
     p.add_argument("--feed", action="append", default=[], metavar="NAME=FILE.npy",
                    help="value of placeholder NAME (repeatable)")
-    p.add_argument("--fetch", action="append", default=[], metavar="NAME",
-                   help="node to compute (repeatable; default: the graph's outputs)")
+    p.add_argument("--fetch", action="append", default=[], metavar="KEY",
+                   help="what to compute: a key the outputs were saved under, or a node "
+                   "name (repeatable; default: the saved outputs, or for a saved graph "
+                   "the nodes nothing consumes); the .npz stores each value under it")
     _executor_args(p)
 
 
@@ -182,16 +185,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import scheduler
 
     graph, fetches, feeds = _load_request(args)
+    for key in fetches:  # before the run, not after it
+        _check_npz_key(key)
     with scheduler.Engine(args.executor, args.workers) as engine:
         values = engine.run(fetches, feeds)
     out = Path(args.out)
     if out.suffix != ".npz":
         out = out.with_name(out.name + ".npz")  # what np.savez would write
-    np.savez(out, **{node.name: value for node, value in zip(fetches, values)})
-    for node, value in zip(fetches, values):
-        print(f"{node.name}: shape {np.shape(value)} dtype {np.asarray(value).dtype}")
+    write_npz(out, values)
+    for key, value in values.items():
+        print(f"{key}: shape {np.shape(value)} dtype {np.asarray(value).dtype}")
     print(f"wrote {out}")
     return 0
+
+
+def write_npz(path: str | Path, arrays: dict[str, Any]) -> None:
+    """Write ``arrays`` to an ``.npz`` file that ``np.load`` reads back under the same
+    keys, whatever they are. (``np.savez(path, **arrays)`` takes the keys as keyword
+    arguments: a key ``file`` or ``allow_pickle`` would be lost or clash.)"""
+    import zipfile
+
+    for key in arrays:
+        _check_npz_key(key)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, value in arrays.items():
+            with archive.open(key + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+
+
+def _check_npz_key(key: str) -> None:
+    # A zip member name ends at a NUL: "a\0b" would be stored as "a" (and could
+    # overwrite another key).
+    if "\0" in key:
+        raise UsageError(f"cannot store {key!r} in an .npz file: the name holds a NUL "
+                         "character; fetch it under a key of a saved dict instead")
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
@@ -213,7 +240,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         prof.plot_gantt(out / "gantt.png")
         written.insert(1, out / "gantt.png")
     except ImportError:
-        print("no Gantt chart: it needs matplotlib (pip install 'dataflow[profile]')",
+        print("no Gantt chart: it needs matplotlib "
+              "(pip install 'dataflow-graph-engine[profile]')",
               file=sys.stderr)
     print(summary)
     print("wrote " + ", ".join(map(str, written)))
@@ -237,7 +265,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
             draw_graph(graph, out)
         except ImportError as exc:
             raise UsageError(f"drawing a graph needs matplotlib ({exc}): "
-                             "pip install 'dataflow[profile]'") from None
+                             "pip install 'dataflow-graph-engine[profile]'") from None
         print(f"wrote {out}")
     return 0
 
@@ -262,6 +290,12 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 # -- helpers ----------------------------------------------------------------------------
 
 def _load_graph(path: str) -> Any:
+    return _load_outputs(path)[0]
+
+
+def _load_outputs(path: str) -> tuple[Any, dict[str, Any]]:
+    """The graph in the file, and the outputs it was saved with, by key: the keys of a
+    saved dict, else the nodes' names (none for a whole saved graph)."""
     from .errors import LoadError
     from .graph import Graph, Node
     from .serialization import load
@@ -271,16 +305,23 @@ def _load_graph(path: str) -> Any:
     except LoadError as exc:
         raise UsageError(f"cannot load graph file {path}: {exc}") from None
     if isinstance(loaded, Graph):
-        return loaded
-    nodes = list(loaded.values() if isinstance(loaded, dict) else (
-        [loaded] if isinstance(loaded, Node) else loaded))
-    if not nodes:
+        return loaded, {}
+    if isinstance(loaded, dict):
+        outputs = dict(loaded)
+    else:
+        nodes = [loaded] if isinstance(loaded, Node) else list(loaded)
+        outputs = {node.name: node for node in nodes}
+    if not outputs:
         raise UsageError(f"{path}: the file holds no nodes")
-    return nodes[0].graph
+    return next(iter(outputs.values())).graph, outputs
 
 
-def _load_request(args: argparse.Namespace) -> tuple[Any, list, dict]:
-    graph = _load_graph(args.graph)
+def _load_request(args: argparse.Namespace) -> tuple[Any, dict[str, Any], dict]:
+    """The graph, the fetches by output key, and the feeds of a run or profile command.
+    ``--fetch KEY`` is a key the outputs were saved under (``df.save({"loss": ...})``),
+    else a node name; without ``--fetch``, the saved outputs (for a whole graph, the
+    nodes nothing consumes)."""
+    graph, outputs = _load_outputs(args.graph)
     feeds = {}
     for item in args.feed:
         name, sep, file = item.partition("=")
@@ -289,15 +330,62 @@ def _load_request(args: argparse.Namespace) -> tuple[Any, list, dict]:
         node = _node_named(graph, name)
         if node in feeds:
             raise UsageError(f"--feed {name} given more than once")
-        try:
-            feeds[node] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read feed {name!r} from {file!r}: {exc}") from None
+        feeds[node] = read_npy_feed(name, file)
     if args.fetch:
-        fetches = [_node_named(graph, name) for name in args.fetch]
+        fetches: dict[str, Any] = {}
+        for key in args.fetch:
+            if key in fetches:
+                raise UsageError(f"--fetch {key} given more than once")
+            fetches[key] = outputs[key] if key in outputs else _node_named(graph, key)
+    elif outputs:
+        fetches = outputs
     else:
-        fetches = [n for n in graph.nodes if not graph.consumers(n)]
+        fetches = {n.name: n for n in graph.nodes if not graph.consumers(n)}
     return graph, fetches, feeds
+
+
+def read_npy_feed(name: str, file: str) -> np.ndarray:
+    """The array in the ``.npy`` file ``file``, fed to placeholder ``name``. Only a
+    regular file is read (a FIFO or a device would block or never end), and a header
+    whose shape needs more bytes than the file holds is refused before any memory is
+    allocated for it."""
+    import os
+    import stat
+
+    where = f"cannot read feed {name!r} from {file!r}"
+    try:
+        # O_NONBLOCK: opening a FIFO must not hang; the fstat below then refuses it.
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise UsageError(f"{where}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(fd).st_size
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{where}: not a regular file")
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            count = 1
+            for d in shape:
+                count *= int(d)
+            needed = count * dtype.itemsize
+            held = size - f.tell()
+            if dtype.hasobject:
+                raise UsageError(f"{where}: the array holds Python objects; feeds must be "
+                                 "numeric")
+            if needed > held:
+                raise UsageError(f"{where}: its header says shape {tuple(shape)} dtype "
+                                 f"{dtype} ({needed} bytes), but the file holds {held} bytes")
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+        except UsageError:
+            raise
+        except (OSError, ValueError, TypeError, MemoryError, EOFError) as exc:
+            raise UsageError(f"{where}: {exc}") from None
 
 
 def _node_named(graph: Any, name: str) -> Any:

@@ -20,7 +20,7 @@ def load_digits_split(seed: int = 0, test_fraction: float = 0.25) -> tuple[np.nd
         from sklearn.datasets import load_digits
     except ImportError:
         raise SystemExit("the demo needs scikit-learn's bundled digits: "
-                         "pip install 'dataflow[demo]'") from None
+                         "pip install 'dataflow-graph-engine[demo]'") from None
     digits = load_digits()
     x = digits.data.astype(np.float64) / 16.0
     y = digits.target.astype(np.int64)
@@ -37,14 +37,16 @@ def run_demo(out: str | Path = "profile-out", *, epochs: int = 30, hidden: int =
              executor: str = "threads", workers: int | None = None, show_progress: bool = True,
              seed: int = 0) -> dict[str, Any]:
     """Train, evaluate and profile; returns the figures it printed."""
-    x_train, y_train, x_test, y_test = load_digits_split(seed)
-    model = build_mlp((64, hidden, hidden, 10))
-    params = model.init_params(seed)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    bar = _progress_bar(epochs, show_progress)
-    started = time.perf_counter()
+    # The engine first: a bad executor or workers argument fails here, before any
+    # data is loaded, folder made or progress bar drawn.
     with scheduler.Engine(executor, workers) as engine:
+        x_train, y_train, x_test, y_test = load_digits_split(seed)
+        model = build_mlp((64, hidden, hidden, 10))
+        params = model.init_params(seed)
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        bar = _progress_bar(epochs, show_progress)
+        started = time.perf_counter()
         history = sgd_train(model, engine, params, x_train, y_train, epochs=epochs,
                             batch_size=32, lr=0.05, seed=seed,
                             progress=bar.step if bar else None)

@@ -19,3 +19,11 @@ class GradientError(DataflowError, TypeError):
 
 class LoadError(DataflowError, ValueError):
     """A graph file was refused; the message says why."""
+
+
+class UnknownNameError(GraphError, KeyError):
+    """A graph has no node of the name asked for (``g["name"]``). A ``KeyError`` too, as
+    a mapping's lookup raises; its message reads as written, not quoted."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -48,9 +48,14 @@ def _as_list(value: Any, what: str) -> tuple[list, bool]:
 
 def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
               grad_ys: Any = None, *, unconnected: str = "zero",
-              checkpoints: Any = None) -> list[Node | None]:
+              checkpoints: Any = None, name: str = "gradients") -> list[Node | None]:
     """The gradient of ``sum(ys)`` (each y weighted by its ``grad_ys`` entry) with
     respect to each of ``xs``, as new nodes in the same graph.
+
+    Each result that this call builds is named after the node it differentiates:
+    ``grad/W1`` for ``W1`` (``grad/W1_1`` for a second gradient of ``W1``, and so on);
+    the nodes it builds on the way are named under the scope ``name`` (``gradients/...``,
+    then ``gradients_1/...`` for the next call; see ``Graph.name_scope``).
 
     ``grad_ys`` defaults to ones shaped like each y. ``unconnected`` says what an x that
     the ys do not depend on gets: ``"zero"`` (zeros shaped like x), ``"none"`` or
@@ -76,8 +81,22 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
     # Every node made here lives as long as the graph: the cyclic collector would
     # rescan the growing graph many times for nothing (a third of the time on a
     # 100,000-node chain, and the time would no longer grow linearly).
-    with gc_paused():
-        return _backprop(y_list, x_list, grad_ys, unconnected, checkpoints)
+    first_new = graph._next_id
+    with gc_paused(), graph.name_scope(name):
+        results = _backprop(y_list, x_list, grad_ys, unconnected, checkpoints)
+    _name_results(x_list, results, first_new)
+    return results
+
+
+def _name_results(x_list: list[Node], results: list[Node | None], first_new: int) -> None:
+    """Name each gradient built by this call ``grad/<x>``. A result that existed before
+    (a ``grad_ys`` node, say) keeps its name, and so does one that is the gradient of
+    several xs after the first."""
+    named: set[int] = set()
+    for x, g in zip(x_list, results, strict=True):
+        if g is not None and g.id >= first_new and g.id not in named:
+            named.add(g.id)
+            g.graph._rename(g, f"grad/{x.name}", exact=False)
 
 
 def _backprop(y_list: list[Node], x_list: list[Node], grad_ys: Any, unconnected: str,
@@ -205,14 +224,36 @@ def _check_gradient_shape(node: Node, parent: Node, g: Node) -> None:
         )
 
 
-def grad(y: Node, x: Node, grad_y: Any = None, *, unconnected: str = "zero") -> Node | None:
-    """``gradients`` for one y and one x."""
-    return gradients([y], [x], None if grad_y is None else [grad_y], unconnected=unconnected)[0]
+def grad(y: Node, x: Node, grad_y: Any = None, *, unconnected: str = "zero",
+         name: str | None = None) -> Node | None:
+    """``gradients`` for one y and one x. ``name`` names the result (default
+    ``grad/<x>``)."""
+    first_new = y.graph._next_id if isinstance(y, Node) else -1
+    result = gradients([y], [x], None if grad_y is None else [grad_y],
+                       unconnected=unconnected)[0]
+    return _named(result, name, first_new)
 
 
-def jacobian(y: Node, x: Node) -> Node:
+def _named(node: Node | None, name: str | None, first_new: int = -1) -> Node | None:
+    """``node`` renamed ``name`` when a name is given (a node this call built)."""
+    if name is None or node is None:
+        return node
+    if node.id < first_new:
+        raise GraphError(f"cannot name the result {name!r}: it is the existing node "
+                         f"{node.name!r}")
+    node.graph._rename(node, name)
+    return node
+
+
+def jacobian(y: Node, x: Node, *, name: str | None = None) -> Node:
     """The Jacobian ``d y / d x`` of shape ``y.shape + x.shape`` (``y`` needs a static
-    shape). Built as one gradient per element of ``y``, so keep ``y`` small."""
+    shape). Built as one gradient per element of ``y``, so keep ``y`` small. ``name``
+    names the result."""
+    first_new = y.graph._next_id
+    return _named(_jacobian(y, x), name, first_new)
+
+
+def _jacobian(y: Node, x: Node) -> Node:
     if not is_known(y.shape):
         raise ShapeError(f"jacobian: {y.name!r} needs a static shape, got {fmt(y.shape)}")
     size = int(np.prod(y.shape, dtype=np.int64))
@@ -235,9 +276,10 @@ def jacobian(y: Node, x: Node) -> Node:
     return reshape(jac, y.shape + x.shape)
 
 
-def hessian_vector_product(y: Node, x: Node, v: Any) -> Node:
+def hessian_vector_product(y: Node, x: Node, v: Any, *, name: str | None = None) -> Node:
     """``H v`` where ``H`` is the Hessian of scalar ``y`` with respect to ``x``,
-    computed as the gradient of ``<grad(y, x), v>`` (no Hessian is formed)."""
+    computed as the gradient of ``<grad(y, x), v>`` (no Hessian is formed). ``name``
+    names the result (default ``grad/<x>_<n>``)."""
     if y.shape != ():
         raise ShapeError(f"hessian_vector_product: {y.name!r} must be a scalar, got {fmt(y.shape)}")
     from .ops import sum as sum_
@@ -248,4 +290,4 @@ def hessian_vector_product(y: Node, x: Node, v: Any) -> Node:
         raise ShapeError(f"hessian_vector_product: v of shape {fmt(v_shape)} does not match "
                          f"{x.name!r} of shape {fmt(x.shape)}")
     g = grad(y, x)
-    return grad(sum_(g * v), x)
+    return grad(sum_(g * v), x, name=name)

@@ -8,18 +8,33 @@ by ``id`` instead of over sets keeps results and new node ids deterministic.
 ``with Graph() as g:`` pushes ``g`` on a thread-local stack; leaf nodes (placeholders,
 constants) go into the innermost graph, or into a process-wide default graph when no
 ``with`` block is active. Ops applied to existing nodes join their inputs' graph.
+
+Names are unique within a graph: ``g["loss"]`` and ``g.get("loss")`` find a node by
+name. A name given to an op is used as is; a node built without one is named after its
+op (``tanh``, ``tanh_1``, ...), under the active ``g.name_scope(...)`` if any
+(``gradients/tanh``).
+
+The process-wide default graph keeps only the nodes that are still referenced (by the
+program, or as inputs of referenced nodes): a long-running process that builds small
+graphs outside any ``with`` block does not accumulate them. Its ids still only grow, so
+creation order stays topological. A graph made with ``Graph()`` keeps every node for as
+long as the graph lives, so its nodes can be looked up by name at any time.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from collections.abc import Container, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import GraphError
+from scheduler.names import set_default_lookup
+
+from .errors import GraphError, UnknownNameError
 from .shapes import fmt
 
 if TYPE_CHECKING:
@@ -47,7 +62,7 @@ def get_default_graph() -> Graph:
     global _default_graph
     with _default_lock:
         if _default_graph is None:
-            _default_graph = Graph()
+            _default_graph = Graph(_keep_unreferenced=False)
         return _default_graph
 
 
@@ -55,8 +70,28 @@ def reset_default_graph() -> Graph:
     """Replace the process-wide default graph by an empty one and return it."""
     global _default_graph
     with _default_lock:
-        _default_graph = Graph()
+        _default_graph = Graph(_keep_unreferenced=False)
         return _default_graph
+
+
+def _lookup_in_default_graph(name: str) -> Node:
+    """How a request made of names only finds its nodes (``scheduler.names``)."""
+    graph = get_default_graph()
+    node = graph.get(name)
+    if node is None:
+        where = "the graph of the innermost `with` block" if _graph_stack() else \
+            "the default graph"
+        raise LookupError(f"{where} ({graph.name!r}) has no node named {name!r}; a request "
+                          "made of names only is looked up there (pass a node to look "
+                          "names up in its graph)")
+    return node
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """``name`` if it is a non-empty string, else a ``TypeError`` naming ``what``."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{what} must be a non-empty string, got {name!r}")
+    return name
 
 
 class Graph:
@@ -64,12 +99,20 @@ class Graph:
 
     _counter = itertools.count()
 
-    def __init__(self, name: str | None = None):
+    def __init__(self, name: str | None = None, *, _keep_unreferenced: bool = True):
+        if name is not None:
+            check_name(name, "graph name")
         self.name = name or f"graph{next(Graph._counter)}"
-        self._nodes: list[Node] = []
+        # A graph made by the user holds its nodes; the default graph holds them weakly
+        # (see the module docstring), and then finds consumers by scanning.
+        self._strong = _keep_unreferenced
+        self._nodes: Any = [] if self._strong else weakref.WeakValueDictionary()
         self._consumers: list[list[Node]] = []
-        self._names: dict[str, Node] = {}
+        self._names: Any = {} if self._strong else weakref.WeakValueDictionary()
         self._name_counts: dict[str, int] = {}
+        self._scope_counts: dict[str, int] = {}
+        self._next_id = 0
+        self._scope = threading.local()
         self._lock = threading.Lock()
 
     # -- context manager -------------------------------------------------------------
@@ -87,16 +130,19 @@ class Graph:
     @property
     def nodes(self) -> tuple[Node, ...]:
         """All nodes, in creation (= topological) order."""
-        return tuple(self._nodes)
+        return tuple(self._nodes) if self._strong else tuple(self._nodes.values())
 
     def __len__(self) -> int:
         return len(self._nodes)
 
     def __iter__(self) -> Iterator[Node]:
-        return iter(tuple(self._nodes))
+        return iter(self.nodes)
 
-    def __contains__(self, node: object) -> bool:
-        return isinstance(node, Node) and node.graph is self
+    def __contains__(self, item: object) -> bool:
+        """``node in g`` (the node belongs to ``g``) or ``"name" in g``."""
+        if isinstance(item, str):
+            return item in self._names
+        return isinstance(item, Node) and item.graph is self
 
     def __repr__(self) -> str:
         return f"<Graph {self.name!r} with {len(self._nodes)} nodes>"
@@ -104,16 +150,75 @@ class Graph:
     def consumers(self, node: Node) -> tuple[Node, ...]:
         """The nodes that take ``node`` as an input, in creation order (each once)."""
         self._check_member(node)
-        return tuple(self._consumers[node.id])
+        if self._strong:
+            return tuple(self._consumers[node.id])
+        return tuple(n for n in self.nodes if n.id > node.id and node in n.inputs)
+
+    def __getitem__(self, name: str) -> Node:
+        """The node named ``name``; ``UnknownNameError`` (a ``KeyError``) if none."""
+        return self.node_by_name(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The node named ``name``, or ``default`` when the graph has none."""
+        if not isinstance(name, str):
+            raise TypeError(f"node names are strings, got {name!r}")
+        return self._names.get(name, default)
 
     def node_by_name(self, name: str) -> Node:
-        try:
-            return self._names[name]
-        except KeyError:
-            raise GraphError(f"graph {self.name!r} has no node named {name!r}") from None
+        """The node named ``name``; ``UnknownNameError`` (a ``GraphError`` and a
+        ``KeyError``) if the graph has none."""
+        node = self.get(name)
+        if node is None:
+            raise UnknownNameError(f"graph {self.name!r} has no node named {name!r}")
+        return node
 
     def placeholders(self) -> tuple[Node, ...]:
-        return tuple(n for n in self._nodes if n.op.name == "placeholder")
+        return tuple(n for n in self.nodes if n.op.name == "placeholder")
+
+    @contextmanager
+    def name_scope(self, scope: str) -> Iterator[str]:
+        """Inside ``with g.name_scope("block"):`` nodes of ``g`` built without a name are
+        named ``block/<op>`` (on this thread). Scopes nest (``outer/inner/<op>``); each
+        ``with`` gets a scope of its own (``block``, then ``block_1``, ...), whose full
+        prefix it yields. Names given explicitly are used as they are."""
+        check_name(scope, "scope")
+        outer = getattr(self._scope, "prefix", "")
+        with self._lock:
+            base = outer + scope
+            count = self._scope_counts.get(base, 0)
+            self._scope_counts[base] = count + 1
+        prefix = (base if count == 0 else f"{base}_{count}") + "/"
+        self._scope.prefix = prefix
+        try:
+            yield prefix[:-1]
+        finally:
+            self._scope.prefix = outer
+
+    def _free_name(self, base: str) -> str:
+        # Called with the lock held.
+        count = self._name_counts.get(base, 0)
+        name = base if count == 0 else f"{base}_{count}"
+        while name in self._names:
+            count += 1
+            name = f"{base}_{count}"
+        self._name_counts[base] = count + 1
+        return name
+
+    def _rename(self, node: Node, name: str, *, exact: bool = True) -> str:
+        """Give ``node`` the name ``name`` (``exact``) or the first free one of ``name``,
+        ``name_1``, ... and return it. Only for nodes that nobody else has seen yet
+        (``gradients`` names its results this way before returning them)."""
+        check_name(name, "name")
+        self._check_member(node)
+        with self._lock:
+            if not exact:
+                name = self._free_name(name)
+            elif name in self._names:
+                raise GraphError(f"graph {self.name!r} already has a node named {name!r}")
+            del self._names[node.name]
+            object.__setattr__(node, "name", name)
+            self._names[name] = node
+        return name
 
     def _check_member(self, node: Node) -> None:
         if not isinstance(node, Node):
@@ -124,23 +229,25 @@ class Graph:
 
     def _add(self, op: Op, inputs: tuple[Node, ...], shape: tuple, dtype: np.dtype,
              name: str | None) -> Node:
+        if name is not None and (type(name) is not str or not name):
+            check_name(name, f"op {op.name}: name")
+        prefix = getattr(self._scope, "prefix", "")
         with self._lock:
             if name is None:
-                base = op.name
-                count = self._name_counts.get(base, 0)
-                name = base if count == 0 else f"{base}_{count}"
-                while name in self._names:
-                    count += 1
-                    name = f"{base}_{count}"
-                self._name_counts[base] = count + 1
+                name = self._free_name(prefix + op.name)
             elif name in self._names:
                 raise GraphError(f"graph {self.name!r} already has a node named {name!r}")
-            node = Node(self, len(self._nodes), name, op, inputs, shape, dtype)
-            self._nodes.append(node)
-            self._consumers.append([])
+            node_id = self._next_id
+            self._next_id = node_id + 1
+            node = Node(self, node_id, name, op, inputs, shape, dtype)
             self._names[name] = node
-            for parent in dict.fromkeys(inputs):  # each distinct input once, in slot order
-                self._consumers[parent.id].append(node)
+            if self._strong:
+                self._nodes.append(node)
+                self._consumers.append([])
+                for parent in dict.fromkeys(inputs):  # each distinct input once, in slot order
+                    self._consumers[parent.id].append(node)
+            else:
+                self._nodes[node_id] = node
         return node
 
     # -- export ----------------------------------------------------------------------
@@ -149,9 +256,10 @@ class Graph:
         import networkx as nx
 
         g = nx.MultiDiGraph(name=self.name)
-        for node in self._nodes:
+        nodes = self.nodes
+        for node in nodes:
             g.add_node(node.name, op=node.op.name, shape=node.shape, dtype=str(node.dtype))
-        for node in self._nodes:
+        for node in nodes:
             for slot, parent in enumerate(node.inputs):
                 g.add_edge(parent.name, node.name, index=slot)
         return g
@@ -159,12 +267,13 @@ class Graph:
     def to_dot(self) -> str:
         """Graphviz DOT text: one box per node (name, op, shape, dtype), edges parent -> child."""
         lines = [f'digraph "{_dot_escape(self.name)}" {{', "  node [shape=box, fontsize=10];"]
-        for node in self._nodes:
+        nodes = self.nodes
+        for node in nodes:
             # Escape the parts, then join them with DOT's own line break ``\n``.
             label = _dot_escape(node.name) + "\\n" + _dot_escape(
                 f"{node.op.name} {fmt(node.shape)} {node.dtype}")
             lines.append(f'  n{node.id} [label="{label}"];')
-        for node in self._nodes:
+        for node in nodes:
             for parent in node.inputs:
                 lines.append(f"  n{parent.id} -> n{node.id};")
         lines.append("}")
@@ -238,6 +347,14 @@ class Node:
         from .lowering import task_spec
 
         return task_spec(self)
+
+    def __key_named__(self, name: str) -> Node:
+        """The node called ``name`` in this node's graph: how the engine resolves fetches
+        and feeds given by name (``scheduler.names``). ``LookupError`` if there is none."""
+        node = self.graph.get(name)
+        if node is None:
+            raise LookupError(f"graph {self.graph.name!r} has no node named {name!r}")
+        return node
 
     @staticmethod
     def __plan_rewrite__(fetch_keys: list, fed_keys: list) -> tuple[list, list, dict]:
@@ -383,3 +500,6 @@ def get_consumers(v: Node, g: Graph | None = None) -> tuple[Node, ...]:
     if not isinstance(v, Node):
         raise GraphError(f"expected a Node, got {type(v).__name__}")
     return (v.graph if g is None else g).consumers(v)
+
+
+set_default_lookup(_lookup_in_default_graph)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .gradients import gradients
 from .graph import Graph, Node
-from .ops import matmul, placeholder, softmax_cross_entropy, tanh
+from .ops import add, matmul, placeholder, softmax_cross_entropy, tanh
 from .ops import sum as sum_
 
 
@@ -69,10 +69,11 @@ def build_mlp(sizes: Sequence[int], dtype: Any = np.float64, batch: int | None =
             w = placeholder(f"W{i + 1}", (fan_in, fan_out), dt)
             b = placeholder(f"b{i + 1}", (fan_out,), dt)
             params += [w, b]
-            h = matmul(h, w) + b
-            if i < layers - 1:
+            last = i == layers - 1
+            h = add(matmul(h, w), b, name="logits" if last else None)
+            if not last:
                 h = tanh(h)
-        loss = softmax_cross_entropy(h, labels)
+        loss = softmax_cross_entropy(h, labels, name="loss")
         grads = gradients(loss, params)
     return MLP(g, x, labels, params, h, loss, grads, sizes, dt)
 

@@ -8,6 +8,9 @@ the op and the shapes so that mistakes surface while the graph is built.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
 
 from .errors import ShapeError
 
@@ -90,3 +93,27 @@ def product(shape: Shape) -> int | None:
             return None
         size *= d
     return size
+
+
+def shape_argument(what: str, shape: Any, *, allow_unknown: bool = False,
+                   allow_minus_one: bool = False) -> tuple:
+    """``shape`` (an int or a sequence of ints) as a tuple of ints, or a ``TypeError``
+    or ``ShapeError`` naming ``what`` and the bad entry."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    elif isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) and not (
+            isinstance(shape, np.ndarray) and shape.ndim == 1):
+        raise TypeError(f"{what}: shape must be a tuple of ints (or an int), got {shape!r}")
+    out = []
+    for d in shape:
+        if d is None and allow_unknown:
+            out.append(None)
+            continue
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+            raise TypeError(f"{what}: bad dimension {d!r} in shape {tuple(shape)!r}: dims "
+                            "must be ints" + (" or None" if allow_unknown else ""))
+        if d < 0 and not (allow_minus_one and d == -1):
+            raise ShapeError(f"{what}: bad dimension {int(d)} in shape {tuple(shape)!r}: dims "
+                             "must not be negative")
+        out.append(int(d))
+    return tuple(out)

@@ -2,7 +2,7 @@
 parents' values exist, on a pluggable executor, with hooks for profiling.
 
 - ``Engine(executor="threads", workers=None, callbacks=())`` and ``engine.run`` /
-  ``engine.run_async`` for graph nodes; ``run(...)`` for one shot;
+  ``engine.run_async`` for graph nodes (or their names); ``run(...)`` for one shot;
 - ``get(tasks, keys)`` for plain task graphs in dask's conventions;
 - ``Callback`` hooks and, on top of them, ``Profiler`` (node-level profiling) and
   ``ProgressBar`` (tqdm, optional).
@@ -21,6 +21,7 @@ from .errors import (
     RunCancelled,
     SchedulerError,
 )
+from .names import UnknownNameError
 from .plan import Plan
 from .profiler import NodeRecord, Profiler, RunProfile
 from .progress import ProgressBar, progress
@@ -30,8 +31,8 @@ __all__ = [
     "Callback", "CycleError", "Engine", "FeedError", "MissingDependencyError", "NO_VALUE",
     "NodeError", "NodeRecord",
     "NumericsError", "Plan", "Profiler", "ProgressBar", "RunCancelled", "RunInfo", "RunProfile",
-    "SchedulerError", "close_default_engines", "default_engine",
-    "TaskRecord", "TaskSpec", "get", "progress", "run",
+    "SchedulerError", "TaskRecord", "TaskSpec", "UnknownNameError", "close_default_engines",
+    "default_engine", "get", "progress", "run",
 ]
 
 

@@ -62,7 +62,7 @@ from .errors import NodeError, NumericsError, RunCancelled, add_node_note
 from .executors import default_workers
 from .plan import Plan
 
-_INSTALL = "pip install 'dataflow[distributed]'"
+_INSTALL = "pip install 'dataflow-graph-engine[distributed]'"
 
 try:
     import distributed

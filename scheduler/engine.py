@@ -90,6 +90,7 @@ from .executors import (
     submit_shared,
     worker_name,
 )
+from .names import resolve_names
 from .placement import IN_FLIGHT_PER_WORKER, CostTable, Placement
 from .plan import DEFAULT_INLINE_THRESHOLD, Plan, gc_paused
 from .results import distinct_arrays
@@ -209,11 +210,14 @@ class Engine:
             callbacks: Iterable[Callback] = ()) -> Any:
         """Compute ``fetches`` (a node, a list/tuple of nodes, or a dict of them) and
         return their values in the same structure, as numpy arrays: one array of its
-        own per distinct fetch (a node fetched twice gives one array twice)."""
+        own per distinct fetch (a node fetched twice gives one array twice). A fetch or
+        feed key may be a node's name, looked up in the graph of the request's nodes
+        (``scheduler.names``)."""
         return self._run(fetches, feeds, timeout, callbacks, None)
 
     def _run(self, fetches: Any, feeds: Mapping | None, timeout: float | None,
              callbacks: Iterable[Callback], cancel: threading.Event | None) -> Any:
+        fetches, feeds = resolve_names(fetches, feeds)
         keys, pack = _flatten_fetches(fetches)
         feeds = dict(feeds or {})
         plan = self.plan(keys, feeds)
@@ -226,6 +230,8 @@ class Engine:
         and its kernels run there or in the pool, never on the loop, which stays free.
         Cancelling the awaiting task stops the run: no node starts afterwards (the nodes
         running then finish in the background, as after a timeout)."""
+        # Names are looked up here: a name-only request reads this thread's default graph.
+        fetches, feeds = resolve_names(fetches, feeds)
         cancel = threading.Event()
         try:
             job = self._coordinators().submit(self._run, fetches, feeds, timeout, callbacks,
@@ -269,6 +275,9 @@ class Engine:
                 self._plans.move_to_end(cache_key)
                 return plan
         # Checked once per plan: a cached plan's fed keys passed these checks.
+        for key in keys:
+            if not hasattr(key, "__task__"):  # before the feeds: they are judged by the fetches
+                raise TypeError(f"cannot run {key!r}: fetches must be graph nodes or their names")
         graph = getattr(keys[0], "graph", None) if keys else None
         for key in feeds:
             if not hasattr(key, "__task__"):
@@ -1024,7 +1033,7 @@ def _require_distributed() -> None:
         found = False
     if not found:
         raise ImportError("executor 'dask' needs dask.distributed: "
-                          "pip install 'dataflow[distributed]'")
+                          "pip install 'dataflow-graph-engine[distributed]'")
 
 
 def _shutdown_pools(owned: dict) -> None:

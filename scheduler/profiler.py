@@ -480,8 +480,9 @@ class RunProfile:
             from matplotlib.figure import Figure
             from matplotlib.patches import Patch
         except ImportError:
-            raise ImportError("plot_gantt needs matplotlib: pip install 'dataflow[profile]' "
-                              "(or pip install matplotlib)") from None
+            raise ImportError(
+                "plot_gantt needs matplotlib: pip install 'dataflow-graph-engine[profile]' "
+                "(or pip install matplotlib)") from None
         path = os.fspath(path)
         workers = self.workers
         lane = {w: i for i, w in enumerate(workers)}

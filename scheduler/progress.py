@@ -20,7 +20,7 @@ __all__ = ["ProgressBar", "progress"]
 
 T = TypeVar("T")
 
-INSTALL_HINT = "pip install 'dataflow[profile]' (or pip install tqdm)"
+INSTALL_HINT = "pip install 'dataflow-graph-engine[profile]' (or pip install tqdm)"
 
 
 _bar_class: Any = None

@@ -372,3 +372,127 @@ def test_a_node_that_fails_is_named_in_the_one_line_error(tmp_path, capsys):
     code, _, err = cli(["run", str(graph_path), "--feed", f"labels={tmp_path / 'labels.npy'}",
                         "--fetch", encoded.name, "--out", str(tmp_path / "out.npz")], capsys)
     assert_one_line_error(code, err, "labels must lie in", f"node {encoded.name!r}")
+
+# -- names and keys ----------------------------------------------------------------------
+
+def test_run_uses_the_keys_a_dict_was_saved_with(tmp_path, capsys):
+    with df.Graph():
+        x = df.placeholder("x", (3,))
+        loss = df.sum(df.square(x))
+        (gx,) = df.gradients(loss, [x])
+    df.save({"loss": loss, "grad_x": gx}, tmp_path / "g.json")
+    np.save(tmp_path / "x.npy", np.array([1.0, 2.0, 3.0]))
+    feed = f"x={tmp_path / 'x.npy'}"
+    out = tmp_path / "r.npz"
+    code, stdout, err = cli(["run", str(tmp_path / "g.json"), "--feed", feed,
+                             "--fetch", "grad_x", "--out", str(out)], capsys)
+    assert code == 0, err
+    with np.load(out) as results:
+        assert results.files == ["grad_x"]
+        np.testing.assert_array_equal(results["grad_x"], [2.0, 4.0, 6.0])
+    assert "grad_x: shape (3,)" in stdout
+    # Without --fetch: the saved outputs, under their keys.
+    code, _, err = cli(["run", str(tmp_path / "g.json"), "--feed", feed, "--out", str(out)],
+                       capsys)
+    assert code == 0, err
+    with np.load(out) as results:
+        assert results.files == ["loss", "grad_x"]
+        assert results["loss"] == 14.0
+    # A node name still works next to the keys; the gradient is named after x.
+    code, _, err = cli(["run", str(tmp_path / "g.json"), "--feed", feed, "--fetch", "grad/x",
+                        "--fetch", "loss", "--out", str(out)], capsys)
+    assert code == 0, err
+    with np.load(out) as results:
+        assert results.files == ["grad/x", "loss"]
+    code, _, err = cli(["run", str(tmp_path / "g.json"), "--feed", feed, "--fetch", "loss",
+                        "--fetch", "loss"], capsys)
+    assert_one_line_error(code, err, "--fetch loss given more than once")
+
+
+def test_every_fetched_name_reaches_the_npz(tmp_path, capsys):
+    """Names that are np.savez's own parameters, or hold a slash, are kept."""
+    names = ["file", "allow_pickle", "args", "kwds", "grad/W1", "a b.npy"]
+    with df.Graph() as g:
+        for i, name in enumerate(names):
+            df.constant([i + 1.0, 2 * (i + 1.0)], name)
+    df.save(g, tmp_path / "g.json")
+    out = tmp_path / "r.npz"
+    for argv in ([], [arg for name in names for arg in ("--fetch", name)]):
+        code, _, err = cli(["run", str(tmp_path / "g.json"), "--out", str(out), *argv],
+                           capsys)
+        assert code == 0, err
+        with np.load(out) as results:
+            assert sorted(results.files) == sorted(names)
+            for i, name in enumerate(names):
+                np.testing.assert_array_equal(results[name], [i + 1.0, 2 * (i + 1.0)])
+
+
+# -- feed files ---------------------------------------------------------------------------
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_feed_must_be_a_regular_file(saved):
+    """A FIFO would block the command forever; it is refused at once."""
+    fifo = saved["tmp"] / "x.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.run([*console_script(), "run", saved["graph"], "--feed", f"x={fifo}"],
+                          cwd=saved["tmp"], capture_output=True, text=True, timeout=60)
+    assert_one_line_error(proc.returncode, proc.stderr, "x.fifo", "not a regular file")
+
+
+def test_a_feed_header_claiming_a_huge_shape(saved, capsys):
+    path = saved["tmp"] / "huge.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f8", "fortran_order": False, "shape": (1 << 40, 3)})
+        f.write(b"\0" * 64)
+    code, _, err = cli(["run", saved["graph"], "--feed", f"x={path}"], capsys)
+    assert_one_line_error(code, err, "huge.npy", "holds 64 bytes")
+
+
+def test_a_truncated_feed_and_a_pickled_feed(saved, capsys):
+    good = saved["tmp"] / "good.npy"
+    np.save(good, np.ones((4, 3)))
+    truncated = saved["tmp"] / "truncated.npy"
+    truncated.write_bytes(good.read_bytes()[:-8])
+    pickled = saved["tmp"] / "pickled.npy"
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for path in (truncated, pickled):
+        code, _, err = cli(["run", saved["graph"], "--feed", f"x={path}"], capsys)
+        assert_one_line_error(code, err, path.name)
+
+
+# -- bad executors -------------------------------------------------------------------------
+
+def test_demo_checks_its_executor_before_starting(tmp_path, capsys):
+    """A bad executor is refused before any data, folder or progress bar."""
+    from dataflow.demo import run_demo
+
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="unknown executor 'bogus'"):
+        run_demo(out, executor="bogus", epochs=1)
+    assert not out.exists()
+    assert capsys.readouterr().err == ""
+
+
+def test_missing_extra_is_a_one_line_error(saved, monkeypatch, capsys):
+    import scheduler.engine
+
+    def missing() -> None:
+        raise ImportError("executor 'dask' needs dask.distributed: "
+                          "pip install 'dataflow-graph-engine[distributed]'")
+
+    monkeypatch.setattr(scheduler.engine, "_require_distributed", missing)
+    code, _, err = cli(["run", saved["graph"], "--feed", saved["feed"], "--executor", "dask"],
+                       capsys)
+    assert_one_line_error(code, err, "dask.distributed", "dataflow-graph-engine[distributed]")
+
+
+def test_a_name_an_npz_cannot_hold_is_refused_before_the_run(tmp_path, capsys):
+    with df.Graph() as g:
+        df.constant(1.0, "a")
+        df.constant(2.0, "a\0b")  # a zip member name would end at the NUL: "a" again
+    df.save(g, tmp_path / "g.json")
+    out = tmp_path / "r.npz"
+    code, _, err = cli(["run", str(tmp_path / "g.json"), "--out", str(out)], capsys)
+    assert_one_line_error(code, err, "NUL")
+    assert not out.exists()

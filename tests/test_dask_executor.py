@@ -397,13 +397,13 @@ def test_core_imports_without_distributed_and_dask_names_the_extra():
         try:
             scheduler.Engine("dask")  # refused at once, before anything starts
         except ImportError as exc:
-            assert "pip install 'dataflow[distributed]'" in str(exc), exc
+            assert "pip install 'dataflow-graph-engine[distributed]'" in str(exc), exc
         else:
             raise SystemExit("no ImportError")
         try:
             scheduler.DaskExecutor
         except ImportError as exc:
-            assert "pip install 'dataflow[distributed]'" in str(exc), exc
+            assert "pip install 'dataflow-graph-engine[distributed]'" in str(exc), exc
         else:
             raise SystemExit("no ImportError")
         print("ok")

@@ -136,6 +136,8 @@ def test_node_error_names_node_and_op_and_engine_stays_usable(engine):
     ("wrong-dtype", "dtype"),
     ("other-graph", "another graph"),
     ("not-a-node", "not a graph node"),
+    ("name-and-node", "given twice"),
+    ("unknown-name", "no node named 'y'"),
 ])
 def test_bad_feeds_raise_before_anything_runs(engine, feeds, message):
     ran = []
@@ -152,7 +154,9 @@ def test_bad_feeds_raise_before_anything_runs(engine, feeds, message):
         "wrong-shape": {x: np.ones(3)},
         "wrong-dtype": {x: np.array(["a", "b"])},
         "other-graph": {x: good, other: good},
-        "not-a-node": {x: good, "x": good},
+        "not-a-node": {x: good, 3: good},
+        "name-and-node": {x: good, "x": good},
+        "unknown-name": {x: good, "y": good},
     }[feeds]
     with pytest.raises(FeedError, match=message):
         engine.run(out, feeds)

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GraphError, ShapeError
+from ..errors import GraphError
 from ..graph import Graph, Node, get_default_graph
 from ..op import Op, apply
-from ..shapes import broadcast, fmt, is_known
+from ..shapes import broadcast, fmt, is_known, shape_argument
 
 
 class Constant(Op):
@@ -34,19 +34,48 @@ class Constant(Op):
 
 def constant(value: Any, name: str | None = None, *, dtype: Any = None,
              graph: Graph | None = None) -> Node:
-    """A constant node holding ``np.asarray(value, dtype)`` (copied and made read-only)."""
+    """A node whose value is fixed when the graph is built.
+
+    Parameters
+    ----------
+    value : array_like
+        The value: a numpy array, a scalar or nested lists of numbers. It is copied
+        (``np.array(value, dtype)``) and the copy made read-only, so changing ``value``
+        afterwards changes nothing.
+    name : str, optional
+        Name of the new node; by default ``constant``, made unique.
+    dtype : dtype, optional
+        The dtype to convert ``value`` to; by default numpy's choice for it.
+    graph : Graph, optional
+        The graph to add the node to; by default the innermost ``with Graph()`` block's,
+        else the default graph.
+
+    Returns
+    -------
+    Node
+        ``value``'s shape and dtype. Values numpy can only hold as objects, and
+        structured values, raise ``TypeError``.
+
+    Notes
+    -----
+    Gradient: none; a constant is a leaf (its gradient is zeros if asked for).
+    """
     if isinstance(value, Node):
         raise GraphError(f"constant() got node {value.name!r}; it is already a node")
+    what = "constant" if name is None else f"constant {name!r}"
+    if dtype is not None:
+        dtype = _dtype_argument(what, dtype)
     array = np.array(value, dtype=dtype)
     if array.dtype == object or array.dtype.kind == "V":
-        raise TypeError(f"constant {name or ''}: unsupported dtype {array.dtype}")
+        raise TypeError(f"{what}: unsupported dtype {array.dtype} (of a "
+                        f"{type(value).__name__})")
     array.flags.writeable = False
     g = graph or get_default_graph()
     return g._add(Constant(value=array), (), array.shape, array.dtype, name)
 
 
 def const_value(node: Node) -> np.ndarray | None:
-    """The value of a constant node, else ``None``."""
+    """The (read-only) value of a constant node, else ``None``."""
     return node.op.value if isinstance(node.op, Constant) else None
 
 
@@ -131,18 +160,42 @@ def _converted(what: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return converted
 
 
-def placeholder(name: str, shape: Sequence[int | None] | None = None, dtype: Any = None,
+def placeholder(name: str, shape: Sequence[int | None] | int | None = None, dtype: Any = None,
                 *, graph: Graph | None = None) -> Node:
-    """An input fed at run time. ``shape=None`` means a scalar; a ``None`` entry is an
-    unknown dim. ``dtype`` defaults to float64."""
+    """An input whose value is fed at run time (``engine.run(..., {x: value})``, or by
+    name: ``{"x": value}``).
+
+    Parameters
+    ----------
+    name : str
+        The node's name, unique in its graph; feeds and the command line find the
+        placeholder by it.
+    shape : sequence of int or None, or int, optional
+        The static shape; ``None`` entries are dims known only at run time (a batch
+        size). ``None`` (the default) means a scalar; an int ``n`` means ``(n,)``.
+    dtype : dtype, optional
+        The dtype of the fed value (default float64).
+    graph : Graph, optional
+        The graph to add the node to; by default the innermost ``with Graph()`` block's,
+        else the default graph.
+
+    Returns
+    -------
+    Node
+        Shape ``shape`` and dtype ``dtype``. A fed value must have that rank, match the
+        known dims and convert to ``dtype``; otherwise the run raises
+        ``scheduler.FeedError`` naming the placeholder before any node runs.
+
+    Notes
+    -----
+    Gradient: a placeholder is a leaf; ``gradients(y, [x])`` gives ``dy/dx`` for the
+    fed value.
+    """
     if not isinstance(name, str) or not name:
-        raise GraphError("placeholder needs a non-empty name")
-    shape = () if shape is None else tuple(shape)
-    for d in shape:
-        if d is not None and (not isinstance(d, (int, np.integer)) or d < 0):
-            raise ShapeError(f"placeholder {name!r}: bad dimension {d!r} in shape {shape!r}")
-    shape = tuple(None if d is None else int(d) for d in shape)
-    dt = np.dtype(np.float64 if dtype is None else dtype)
+        raise GraphError(f"placeholder: name must be a non-empty string, got {name!r}")
+    shape = () if shape is None else shape_argument(f"placeholder {name!r}", shape,
+                                                    allow_unknown=True)
+    dt = _dtype_argument(f"placeholder {name!r}", np.float64 if dtype is None else dtype)
     g = graph or get_default_graph()
     return g._add(Placeholder(shape=shape, dtype=dt), (), shape, dt, name)
 
@@ -163,8 +216,26 @@ class StopGradient(Op):
         return (None,)
 
 
-def stop_gradient(x: Node) -> Node:
-    return apply(StopGradient(), x)
+def stop_gradient(x: Node, *, name: str | None = None) -> Node:
+    """``x`` unchanged, but a constant to ``gradients``: no gradient flows through it.
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape and dtype of ``x``.
+
+    Notes
+    -----
+    Gradient: none (``gradients`` does not walk past it).
+    """
+    return apply(StopGradient(), x, name=name)
 
 
 class Cast(Op):
@@ -186,11 +257,45 @@ class Cast(Op):
         return (cast(grad, x.dtype),)
 
 
-def cast(x: Node, dtype: Any) -> Node:
-    dt = np.dtype(dtype)
-    if isinstance(x, Node) and x.dtype == dt:
+def cast(x: Node, dtype: Any, *, name: str | None = None) -> Node:
+    """``x`` converted to ``dtype`` (``x.astype(dtype)``, numpy's unsafe casting: floats
+    to ints truncate, out-of-range values wrap). ``x.astype(dtype)`` builds the same.
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    dtype : dtype
+        The target dtype.
+    name : str, optional
+        Name of the new node. Without one, ``x`` itself is returned when it already has
+        ``dtype``.
+
+    Returns
+    -------
+    Node
+        ``x``'s shape, dtype ``dtype``.
+
+    Notes
+    -----
+    Gradient: ``grad`` cast back to ``x``'s dtype when ``x`` is floating or complex;
+    none for an integer or bool ``x``.
+    """
+    dt = _dtype_argument("cast", dtype)
+    if isinstance(x, Node) and x.dtype == dt and name is None:
         return x
-    return apply(Cast(dtype=dt), x)
+    return apply(Cast(dtype=dt), x, name=name)
+
+
+def _dtype_argument(what: str, dtype: Any) -> np.dtype:
+    """``np.dtype(dtype)``, or a ``TypeError`` naming ``what`` and the bad value."""
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what}: dtype {dtype!r} is not a numpy dtype") from None
+    if dt.kind not in "biufc":
+        raise TypeError(f"{what}: dtype {dt} is not a bool or numeric dtype")
+    return dt
 
 
 class AddN(Op):
@@ -204,6 +309,8 @@ class AddN(Op):
         return shape, np.result_type(*(x.dtype for x in xs))
 
     def forward(self, *xs):
+        if len(xs) == 1:  # a named add_n of one node
+            return np.array(xs[0])
         total = np.add(xs[0], xs[1])
         for x in xs[2:]:
             total += x if total.shape == np.shape(x) else np.add(total, x)
@@ -215,13 +322,36 @@ class AddN(Op):
         return tuple(sum_to(grad, x) if w else None for x, w in zip(inputs, wanted))
 
 
-def add_n(xs: Sequence[Node]) -> Node:
+def add_n(xs: Sequence[Node], *, name: str | None = None) -> Node:
+    """The elementwise sum of ``xs``, added left to right in one op.
+
+    The order is fixed, so the result is bitwise the same on every executor and run;
+    ``gradients`` sums the contributions that reach a node by several paths with it.
+
+    Parameters
+    ----------
+    xs : sequence of Node or array_like
+        At least one input; they broadcast together as in numpy.
+    name : str, optional
+        Name of the new node. Without one, a single input is returned as it is.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of the inputs, in the dtype numpy promotes them to.
+
+    Notes
+    -----
+    Gradient: ``grad`` for every input, summed back to each input's shape.
+    """
+    if isinstance(xs, Node) or not isinstance(xs, (list, tuple)):
+        raise TypeError(f"add_n: xs must be a list or tuple of nodes, got {type(xs).__name__}")
     xs = list(xs)
     if not xs:
         raise ValueError("add_n needs at least one input")
-    if len(xs) == 1:
+    if len(xs) == 1 and name is None:
         return xs[0]
-    return apply(AddN(), *xs)
+    return apply(AddN(), *xs, name=name)
 
 
 class FilledLike(Op):
@@ -241,17 +371,81 @@ class FilledLike(Op):
         return (None,)
 
 
-def full_like(x: Node, fill: float, dtype: Any = None) -> Node:
-    """``fill`` in ``x``'s shape: a constant when the shape is static, else computed."""
-    dt = np.dtype(dtype or x.dtype)
+def full_like(x: Node, fill: float, dtype: Any = None, *, name: str | None = None) -> Node:
+    """An array of ``x``'s shape filled with ``fill`` (``np.full_like``).
+
+    Parameters
+    ----------
+    x : Node
+        The node whose shape the result takes (its values are not read).
+    fill : scalar
+        The value of every element.
+    dtype : dtype, optional
+        The result's dtype; by default ``x``'s.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        ``x``'s shape, dtype ``dtype``: a constant when the shape is static, else a
+        node computed from ``x``'s run-time shape.
+
+    Notes
+    -----
+    Gradient: none; the result does not depend on ``x``'s values.
+    """
+    if not isinstance(x, Node):
+        raise TypeError(f"full_like: x must be a node, got {type(x).__name__}")
+    dt = _dtype_argument("full_like", x.dtype if dtype is None else dtype)
     if is_known(x.shape):
-        return constant(np.full(x.shape, fill, dtype=dt), graph=x.graph)
-    return apply(FilledLike(fill=fill, dtype=dt), x)
+        return constant(np.full(x.shape, fill, dtype=dt), name, graph=x.graph)
+    return apply(FilledLike(fill=fill, dtype=dt), x, name=name)
 
 
-def zeros_like(x: Node, dtype: Any = None) -> Node:
-    return full_like(x, 0, dtype)
+def zeros_like(x: Node, dtype: Any = None, *, name: str | None = None) -> Node:
+    """Zeros of ``x``'s shape (``np.zeros_like``); see :func:`full_like`.
+
+    Parameters
+    ----------
+    x : Node
+        The node whose shape the result takes (its values are not read).
+    dtype : dtype, optional
+        The result's dtype; by default ``x``'s.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        ``x``'s shape, dtype ``dtype``.
+
+    Notes
+    -----
+    Gradient: none.
+    """
+    return full_like(x, 0, dtype, name=name)
 
 
-def ones_like(x: Node, dtype: Any = None) -> Node:
-    return full_like(x, 1, dtype)
+def ones_like(x: Node, dtype: Any = None, *, name: str | None = None) -> Node:
+    """Ones of ``x``'s shape (``np.ones_like``); see :func:`full_like`.
+
+    Parameters
+    ----------
+    x : Node
+        The node whose shape the result takes (its values are not read).
+    dtype : dtype, optional
+        The result's dtype; by default ``x``'s.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        ``x``'s shape, dtype ``dtype``.
+
+    Notes
+    -----
+    Gradient: none.
+    """
+    return full_like(x, 1, dtype, name=name)

@@ -228,98 +228,562 @@ class Where(Elementwise):
 
 
 # -- public functions ----------------------------------------------------------------
+#
+# Every function takes nodes or values (a non-node operand becomes a constant; a Python
+# scalar takes the dtype of the node next to it, so ``2 * x`` keeps a float32 ``x`` in
+# float32), broadcasts them as numpy does, and gives the dtype numpy's ufunc gives.
 
-def add(x: Any, y: Any) -> Node:
-    return apply(Add(), x, y)
+def add(x: Any, y: Any, *, name: str | None = None) -> Node:
+    """Elementwise sum ``x + y`` (``np.add``).
 
+    Parameters
+    ----------
+    x, y : Node or array_like
+        Operands; they broadcast against each other as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique (``add_1``).
 
-def subtract(x: Any, y: Any) -> Node:
-    return apply(Subtract(), x, y)
+    Returns
+    -------
+    Node
+        The broadcast shape of ``x`` and ``y``, in the dtype numpy promotes them to.
 
-
-def multiply(x: Any, y: Any) -> Node:
-    return apply(Multiply(), x, y)
-
-
-def divide(x: Any, y: Any) -> Node:
-    return apply(Divide(), x, y)
-
-
-def negative(x: Any) -> Node:
-    return apply(Negative(), x)
-
-
-def power(x: Any, p: Any) -> Node:
-    return apply(Power(), x, p)
-
-
-def maximum(x: Any, y: Any) -> Node:
-    return apply(Maximum(), x, y)
-
-
-def minimum(x: Any, y: Any) -> Node:
-    return apply(Minimum(), x, y)
+    Notes
+    -----
+    Gradient: ``grad`` for both operands, each summed back to its own shape over the
+    axes it was broadcast along.
+    """
+    return apply(Add(), x, y, name=name)
 
 
-def exp(x: Any) -> Node:
-    return apply(Exp(), x)
+def subtract(x: Any, y: Any, *, name: str | None = None) -> Node:
+    """Elementwise difference ``x - y`` (``np.subtract``).
+
+    Parameters
+    ----------
+    x, y : Node or array_like
+        Operands; they broadcast against each other as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of ``x`` and ``y``, in the dtype numpy promotes them to.
+
+    Notes
+    -----
+    Gradient: ``grad`` for ``x`` and ``-grad`` for ``y``, each summed back to its
+    operand's shape.
+    """
+    return apply(Subtract(), x, y, name=name)
 
 
-def log(x: Any) -> Node:
-    return apply(Log(), x)
+def multiply(x: Any, y: Any, *, name: str | None = None) -> Node:
+    """Elementwise product ``x * y`` (``np.multiply``).
+
+    Parameters
+    ----------
+    x, y : Node or array_like
+        Operands; they broadcast against each other as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of ``x`` and ``y``, in the dtype numpy promotes them to.
+
+    Notes
+    -----
+    Gradient: ``grad * y`` for ``x`` and ``grad * x`` for ``y``, each summed back to
+    its operand's shape.
+    """
+    return apply(Multiply(), x, y, name=name)
 
 
-def sin(x: Any) -> Node:
-    return apply(Sin(), x)
+def divide(x: Any, y: Any, *, name: str | None = None) -> Node:
+    """Elementwise true division ``x / y`` (``np.true_divide``).
+
+    Parameters
+    ----------
+    x, y : Node or array_like
+        Numerator and denominator; they broadcast against each other as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of ``x`` and ``y``; a float dtype (integers divide to
+        float64, as in numpy).
+
+    Notes
+    -----
+    Gradient: ``grad / y`` for ``x`` and ``-grad * (x / y) / y`` for ``y``, each
+    summed back to its operand's shape.
+    """
+    return apply(Divide(), x, y, name=name)
 
 
-def cos(x: Any) -> Node:
-    return apply(Cos(), x)
+def negative(x: Any, *, name: str | None = None) -> Node:
+    """Elementwise negation ``-x`` (``np.negative``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape and dtype of ``x``.
+
+    Notes
+    -----
+    Gradient: ``-grad``.
+    """
+    return apply(Negative(), x, name=name)
 
 
-def tanh(x: Any) -> Node:
-    return apply(Tanh(), x)
+def power(x: Any, p: Any, *, name: str | None = None) -> Node:
+    """Elementwise power ``x ** p`` (``np.power``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Base.
+    p : Node or array_like
+        Exponent; broadcasts against ``x`` as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of ``x`` and ``p``, in the dtype numpy promotes them to.
+
+    Notes
+    -----
+    Gradient: ``grad * p * x ** (p - 1)`` for ``x`` (a constant exponent is folded
+    when the graph is built: ``x ** 2`` gives ``grad * 2x``) and
+    ``grad * x ** p * log(x)`` for ``p``, each summed back to its operand's shape.
+    """
+    return apply(Power(), x, p, name=name)
 
 
-def sqrt(x: Any) -> Node:
-    return apply(Sqrt(), x)
+def maximum(x: Any, y: Any, *, name: str | None = None) -> Node:
+    """Elementwise maximum of ``x`` and ``y`` (``np.maximum``; NaN propagates).
+
+    Parameters
+    ----------
+    x, y : Node or array_like
+        Operands; they broadcast against each other as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of ``x`` and ``y``, in the dtype numpy promotes them to.
+
+    Notes
+    -----
+    Gradient: ``grad`` goes to the operand that was picked; a tie goes to ``x``.
+    """
+    return apply(Maximum(), x, y, name=name)
 
 
-def square(x: Any) -> Node:
-    return apply(Square(), x)
+def minimum(x: Any, y: Any, *, name: str | None = None) -> Node:
+    """Elementwise minimum of ``x`` and ``y`` (``np.minimum``; NaN propagates).
+
+    Parameters
+    ----------
+    x, y : Node or array_like
+        Operands; they broadcast against each other as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of ``x`` and ``y``, in the dtype numpy promotes them to.
+
+    Notes
+    -----
+    Gradient: ``grad`` goes to the operand that was picked; a tie goes to ``x``.
+    """
+    return apply(Minimum(), x, y, name=name)
 
 
-def abs(x: Any) -> Node:  # noqa: A001 - numpy's name
-    return apply(Abs(), x)
+def exp(x: Any, *, name: str | None = None) -> Node:
+    """Elementwise exponential ``e ** x`` (``np.exp``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape of ``x``; a float dtype (integers give float64, as in numpy).
+
+    Notes
+    -----
+    Gradient: ``grad * exp(x)`` (the output itself is reused).
+    """
+    return apply(Exp(), x, name=name)
 
 
-def sign(x: Any) -> Node:
-    return apply(Sign(), x)
+def log(x: Any, *, name: str | None = None) -> Node:
+    """Elementwise natural logarithm (``np.log``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input; ``log(0)`` is ``-inf`` and a negative input gives NaN, as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape of ``x``; a float dtype (integers give float64).
+
+    Notes
+    -----
+    Gradient: ``grad / x``.
+    """
+    return apply(Log(), x, name=name)
 
 
-def greater(x: Any, y: Any) -> Node:
-    return apply(Greater(), x, y)
+def sin(x: Any, *, name: str | None = None) -> Node:
+    """Elementwise sine, in radians (``np.sin``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape of ``x``; a float dtype (integers give float64).
+
+    Notes
+    -----
+    Gradient: ``grad * cos(x)``.
+    """
+    return apply(Sin(), x, name=name)
 
 
-def greater_equal(x: Any, y: Any) -> Node:
-    return apply(GreaterEqual(), x, y)
+def cos(x: Any, *, name: str | None = None) -> Node:
+    """Elementwise cosine, in radians (``np.cos``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape of ``x``; a float dtype (integers give float64).
+
+    Notes
+    -----
+    Gradient: ``-grad * sin(x)``.
+    """
+    return apply(Cos(), x, name=name)
 
 
-def less(x: Any, y: Any) -> Node:
-    return apply(Less(), x, y)
+def tanh(x: Any, *, name: str | None = None) -> Node:
+    """Elementwise hyperbolic tangent (``np.tanh``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape of ``x``; a float dtype (integers give float64).
+
+    Notes
+    -----
+    Gradient: ``grad * (1 - tanh(x) ** 2)`` (the output itself is reused).
+
+    Examples
+    --------
+    >>> import numpy as np, dataflow as df, scheduler
+    >>> with df.Graph():
+    ...     x = df.placeholder("x", (2,))
+    ...     y = df.tanh(x, name="y")
+    ...     (gx,) = df.gradients(df.sum(y), [x])
+    >>> scheduler.run([y, gx], {x: np.zeros(2)}, executor="inline")
+    [array([0., 0.]), array([1., 1.])]
+    """
+    return apply(Tanh(), x, name=name)
 
 
-def less_equal(x: Any, y: Any) -> Node:
-    return apply(LessEqual(), x, y)
+def sqrt(x: Any, *, name: str | None = None) -> Node:
+    """Elementwise non-negative square root (``np.sqrt``; a negative input gives NaN).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape of ``x``; a float dtype (integers give float64).
+
+    Notes
+    -----
+    Gradient: ``grad * 0.5 / sqrt(x)`` (infinite at 0).
+    """
+    return apply(Sqrt(), x, name=name)
 
 
-def equal(x: Any, y: Any) -> Node:
-    return apply(Equal(), x, y)
+def square(x: Any, *, name: str | None = None) -> Node:
+    """Elementwise square ``x * x`` (``np.square``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape and dtype of ``x``.
+
+    Notes
+    -----
+    Gradient: ``grad * 2x``.
+    """
+    return apply(Square(), x, name=name)
 
 
-def not_equal(x: Any, y: Any) -> Node:
-    return apply(NotEqual(), x, y)
+def abs(x: Any, *, name: str | None = None) -> Node:  # noqa: A001 - numpy's name
+    """Elementwise absolute value (``np.abs``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape and dtype of ``x`` (complex input gives the matching float dtype).
+
+    Notes
+    -----
+    Gradient: ``grad * sign(x)`` (0 at 0).
+    """
+    return apply(Abs(), x, name=name)
 
 
-def where(cond: Any, x: Any, y: Any) -> Node:
-    return apply(Where(), cond, x, y)
+def sign(x: Any, *, name: str | None = None) -> Node:
+    """Elementwise sign: -1, 0 or 1 (``np.sign``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape and dtype of ``x``.
+
+    Notes
+    -----
+    Gradient: none; piecewise constant, so a constant to ``gradients``.
+    """
+    return apply(Sign(), x, name=name)
+
+
+def greater(x: Any, y: Any, *, name: str | None = None) -> Node:
+    """Elementwise comparison ``x > y`` (``np.greater``).
+
+    Parameters
+    ----------
+    x, y : Node or array_like
+        Operands; they broadcast against each other as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of ``x`` and ``y``, dtype bool.
+
+    Notes
+    -----
+    Gradient: none; a comparison is a constant to ``gradients``. ``x > y`` on nodes
+    builds this op; ``==`` does not (nodes compare by identity), use :func:`equal`.
+    """
+    return apply(Greater(), x, y, name=name)
+
+
+def greater_equal(x: Any, y: Any, *, name: str | None = None) -> Node:
+    """Elementwise comparison ``x >= y`` (``np.greater_equal``).
+
+    Parameters
+    ----------
+    x, y : Node or array_like
+        Operands; they broadcast against each other as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of ``x`` and ``y``, dtype bool.
+
+    Notes
+    -----
+    Gradient: none; a comparison is a constant to ``gradients``.
+    """
+    return apply(GreaterEqual(), x, y, name=name)
+
+
+def less(x: Any, y: Any, *, name: str | None = None) -> Node:
+    """Elementwise comparison ``x < y`` (``np.less``).
+
+    Parameters
+    ----------
+    x, y : Node or array_like
+        Operands; they broadcast against each other as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of ``x`` and ``y``, dtype bool.
+
+    Notes
+    -----
+    Gradient: none; a comparison is a constant to ``gradients``.
+    """
+    return apply(Less(), x, y, name=name)
+
+
+def less_equal(x: Any, y: Any, *, name: str | None = None) -> Node:
+    """Elementwise comparison ``x <= y`` (``np.less_equal``).
+
+    Parameters
+    ----------
+    x, y : Node or array_like
+        Operands; they broadcast against each other as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of ``x`` and ``y``, dtype bool.
+
+    Notes
+    -----
+    Gradient: none; a comparison is a constant to ``gradients``.
+    """
+    return apply(LessEqual(), x, y, name=name)
+
+
+def equal(x: Any, y: Any, *, name: str | None = None) -> Node:
+    """Elementwise comparison of values ``x == y`` (``np.equal``).
+
+    ``==`` between nodes compares their identity (nodes are dict keys); this function
+    compares their values.
+
+    Parameters
+    ----------
+    x, y : Node or array_like
+        Operands; they broadcast against each other as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of ``x`` and ``y``, dtype bool.
+
+    Notes
+    -----
+    Gradient: none; a comparison is a constant to ``gradients``.
+    """
+    return apply(Equal(), x, y, name=name)
+
+
+def not_equal(x: Any, y: Any, *, name: str | None = None) -> Node:
+    """Elementwise comparison of values ``x != y`` (``np.not_equal``).
+
+    Parameters
+    ----------
+    x, y : Node or array_like
+        Operands; they broadcast against each other as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of ``x`` and ``y``, dtype bool.
+
+    Notes
+    -----
+    Gradient: none; a comparison is a constant to ``gradients``.
+    """
+    return apply(NotEqual(), x, y, name=name)
+
+
+def where(cond: Any, x: Any, y: Any, *, name: str | None = None) -> Node:
+    """``x`` where ``cond`` is true, else ``y``, elementwise (``np.where``).
+
+    Parameters
+    ----------
+    cond : Node or array_like
+        The condition, usually bool (other values are tested for non-zero).
+    x, y : Node or array_like
+        The values to pick from; ``cond``, ``x`` and ``y`` broadcast together.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The broadcast shape of the three inputs, in the dtype numpy promotes ``x`` and
+        ``y`` to.
+
+    Notes
+    -----
+    Gradient: ``grad`` where ``cond`` holds for ``x``, and where it does not for
+    ``y`` (zeros elsewhere), each summed back to its operand's shape; none for
+    ``cond``.
+    """
+    return apply(Where(), cond, x, y, name=name)

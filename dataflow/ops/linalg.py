@@ -76,5 +76,28 @@ def _matmul(a: Any, b: Any) -> Any:
     return np.matmul(contiguous(a), contiguous(b))
 
 
-def matmul(a: Any, b: Any) -> Node:
-    return apply(Matmul(), a, b)
+def matmul(a: Any, b: Any, *, name: str | None = None) -> Node:
+    """Matrix product ``a @ b`` with ``np.matmul``'s rules.
+
+    Parameters
+    ----------
+    a, b : Node or array_like
+        At least 1-D each. A 1-D ``a`` is a row vector and a 1-D ``b`` a column vector
+        (the added axis is dropped from the result); axes before the last two are batch
+        axes and broadcast as in numpy.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        Shape ``batch + (a.shape[-2], b.shape[-1])`` (without the axes of 1-D
+        operands), in the dtype numpy promotes ``a`` and ``b`` to. Inner dimensions
+        that differ, or a 0-d operand, raise ``ShapeError`` when the graph is built.
+
+    Notes
+    -----
+    Gradient: ``grad @ b.T`` for ``a`` and ``a.T @ grad`` for ``b`` (``.T`` swaps the
+    last two axes), summed over broadcast batch axes.
+    """
+    return apply(Matmul(), a, b, name=name)

@@ -141,37 +141,189 @@ class OneHot(Op):
         return (None,)
 
 
-def one_hot(labels: Node, depth: int, dtype: Any = np.float64) -> Node:
-    return apply(OneHot(depth=int(depth), dtype=np.dtype(dtype)), labels)
+def one_hot(labels: Node, depth: int, dtype: Any = np.float64, *,
+            name: str | None = None) -> Node:
+    """Integer ``labels`` as one-hot rows of length ``depth``.
+
+    Parameters
+    ----------
+    labels : Node or array_like
+        Integer class indices; each must lie in ``[0, depth)`` (checked at run time).
+    depth : int
+        Number of classes.
+    dtype : dtype, optional
+        Dtype of the result (default float64).
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        Shape ``labels.shape + (depth,)``, in ``dtype``: 1 at each label, 0 elsewhere.
+
+    Notes
+    -----
+    Gradient: none; the result is a constant to ``gradients``.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
+        raise TypeError(f"one_hot: depth must be a non-negative int, got {depth!r}")
+    return apply(OneHot(depth=int(depth), dtype=np.dtype(dtype)), labels, name=name)
 
 
-def sigmoid(x: Any) -> Node:
-    return apply(Sigmoid(), x)
+def sigmoid(x: Any, *, name: str | None = None) -> Node:
+    """Logistic sigmoid ``1 / (1 + exp(-x))``, elementwise.
+
+    Computed as ``0.5 * (1 + tanh(x / 2))``, which never overflows.
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape of ``x``; a float dtype (integers give float64).
+
+    Notes
+    -----
+    Gradient: ``grad * s * (1 - s)`` with ``s`` the output.
+    """
+    return apply(Sigmoid(), x, name=name)
 
 
-def relu(x: Any) -> Node:
-    return apply(Relu(), x)
+def relu(x: Any, *, name: str | None = None) -> Node:
+    """Rectified linear unit ``max(x, 0)``, elementwise.
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape and dtype of ``x``.
+
+    Notes
+    -----
+    Gradient: ``grad`` where ``x > 0``, 0 elsewhere (0 at 0 too).
+    """
+    return apply(Relu(), x, name=name)
 
 
-def softmax(x: Any, axis: int = -1) -> Node:
-    return apply(Softmax(axis=axis), x)
+def softmax(x: Any, axis: int = -1, *, name: str | None = None) -> Node:
+    """Softmax ``exp(x) / sum(exp(x))`` along ``axis``, computed stably (the maximum
+    along the axis is subtracted first).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input (logits).
+    axis : int
+        The axis that sums to 1 (default the last).
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape of ``x``; a float dtype (integers give float64).
+
+    Notes
+    -----
+    Gradient: ``s * (grad - sum(grad * s, axis))`` with ``s`` the output.
+    """
+    return apply(Softmax(axis=axis), x, name=name)
 
 
-def log_softmax(x: Any, axis: int = -1) -> Node:
-    return apply(LogSoftmax(axis=axis), x)
+def log_softmax(x: Any, axis: int = -1, *, name: str | None = None) -> Node:
+    """``log(softmax(x))`` along ``axis``, computed stably as
+    ``x - max - log(sum(exp(x - max)))``.
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input (logits).
+    axis : int
+        The axis to normalise over (default the last).
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape of ``x``; a float dtype (integers give float64).
+
+    Notes
+    -----
+    Gradient: ``grad - exp(output) * sum(grad, axis)``.
+    """
+    return apply(LogSoftmax(axis=axis), x, name=name)
 
 
-def logsumexp(x: Any, axis: Any = None, keepdims: bool = False) -> Node:
+def logsumexp(x: Any, axis: Any = None, keepdims: bool = False, *,
+              name: str | None = None) -> Node:
+    """``log(sum(exp(x)))`` over ``axis``, computed stably (the maximum is factored out;
+    an all ``-inf`` slice gives ``-inf``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    axis : int, tuple of ints or None
+        Axes to reduce; ``None`` reduces all axes.
+    keepdims : bool
+        Keep the reduced axes, with size 1.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        ``x``'s shape without the reduced axes (size 1 with ``keepdims``); a float
+        dtype (integers give float64).
+
+    Notes
+    -----
+    Gradient: ``grad * exp(x - output)`` (the softmax of ``x`` over ``axis``).
+    """
     if isinstance(axis, list):
         axis = tuple(axis)
-    return apply(LogSumExp(axis=axis, keepdims=bool(keepdims)), x)
+    return apply(LogSumExp(axis=axis, keepdims=bool(keepdims)), x, name=name)
 
 
-def softmax_cross_entropy(logits: Node, labels: Node) -> Node:
+def softmax_cross_entropy(logits: Node, labels: Node, *, name: str | None = None) -> Node:
     """Mean over the batch of ``-log softmax(logits)[i, labels[i]]``.
 
-    ``logits`` is (batch, classes); ``labels`` holds integer class indices, (batch,).
+    Parameters
+    ----------
+    logits : Node
+        Unnormalised scores, shape ``(batch, classes)``; the number of classes must
+        be static.
+    labels : Node or array_like
+        Integer class indices, shape ``(batch,)``, each in ``[0, classes)``.
+    name : str, optional
+        Name of the result node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        A scalar (shape ``()``) in ``logits``' dtype. Built from ``log_softmax``,
+        ``one_hot``, ``sum`` and ``mean``, so it is differentiable to any order.
+
+    Notes
+    -----
+    Gradient: ``(softmax(logits) - one_hot(labels)) * grad / batch`` for ``logits``;
+    none for ``labels``.
     """
+    if not isinstance(logits, Node):
+        raise TypeError(f"softmax_cross_entropy: logits must be a node, got "
+                        f"{type(logits).__name__}")
     if len(logits.shape) != 2:
         raise ShapeError("softmax_cross_entropy: logits must be (batch, classes), "
                          f"got {fmt(logits.shape)}")
@@ -190,6 +342,4 @@ def softmax_cross_entropy(logits: Node, labels: Node) -> Node:
     from .reductions import mean
 
     targets = one_hot(labels, logits.shape[1], logits.dtype)
-    return mean(-sum_(log_softmax(logits, axis=-1) * targets, axis=-1))
-
-
+    return mean(-sum_(log_softmax(logits, axis=-1) * targets, axis=-1), name=name)

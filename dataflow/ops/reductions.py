@@ -134,27 +134,124 @@ class ExtremumMask(Op):
         return (None,)
 
 
-def _reduce(cls: type, x: Node, axis: Any, keepdims: bool) -> Node:
+def _reduce(cls: type, x: Node, axis: Any, keepdims: bool, name: str | None) -> Node:
     if isinstance(axis, list):
         axis = tuple(axis)
     if isinstance(axis, np.integer):
         axis = int(axis)
-    return apply(cls(axis=axis, keepdims=bool(keepdims)), x)
+    return apply(cls(axis=axis, keepdims=bool(keepdims)), x, name=name)
 
 
-def sum(x: Node, axis: Any = None, keepdims: bool = False) -> Node:  # noqa: A001
-    return _reduce(Sum, x, axis, keepdims)
+def sum(x: Node, axis: Any = None, keepdims: bool = False, *,  # noqa: A001
+        name: str | None = None) -> Node:
+    """Sum of the elements over ``axis`` (``np.sum``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    axis : int, tuple of ints or None
+        Axes to reduce (negative counts from the end); ``None`` reduces all axes.
+    keepdims : bool
+        Keep the reduced axes, with size 1.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        ``x``'s shape without the reduced axes (size 1 with ``keepdims``). The dtype is
+        numpy's: bool and small integers sum as the platform integer (int64).
+
+    Notes
+    -----
+    Gradient: ``grad`` broadcast back over the reduced axes.
+    """
+    return _reduce(Sum, x, axis, keepdims, name)
 
 
-def mean(x: Node, axis: Any = None, keepdims: bool = False) -> Node:
-    return _reduce(Mean, x, axis, keepdims)
+def mean(x: Node, axis: Any = None, keepdims: bool = False, *,
+         name: str | None = None) -> Node:
+    """Arithmetic mean of the elements over ``axis`` (``np.mean``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    axis : int, tuple of ints or None
+        Axes to reduce (negative counts from the end); ``None`` reduces all axes.
+    keepdims : bool
+        Keep the reduced axes, with size 1.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        ``x``'s shape without the reduced axes (size 1 with ``keepdims``); a float
+        dtype (integers give float64, float32 stays float32).
+
+    Notes
+    -----
+    Gradient: ``grad / n`` broadcast back over the reduced axes, ``n`` the number of
+    elements reduced (read at run time when the shape is not static).
+    """
+    return _reduce(Mean, x, axis, keepdims, name)
 
 
-def max(x: Node, axis: Any = None, keepdims: bool = False) -> Node:  # noqa: A001
-    return _reduce(Max, x, axis, keepdims)
+def max(x: Node, axis: Any = None, keepdims: bool = False, *,  # noqa: A001
+        name: str | None = None) -> Node:
+    """Largest element over ``axis`` (``np.max``; NaN propagates).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    axis : int, tuple of ints or None
+        Axes to reduce (negative counts from the end); ``None`` reduces all axes.
+    keepdims : bool
+        Keep the reduced axes, with size 1.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        ``x``'s shape without the reduced axes (size 1 with ``keepdims``), in ``x``'s
+        dtype. Reducing an empty axis fails at run time, as in numpy.
+
+    Notes
+    -----
+    Gradient: ``grad`` goes to the first position holding the maximum (in C order
+    over the reduced axes), zeros elsewhere.
+    """
+    return _reduce(Max, x, axis, keepdims, name)
 
 
-def min(x: Node, axis: Any = None, keepdims: bool = False) -> Node:  # noqa: A001
-    return _reduce(Min, x, axis, keepdims)
+def min(x: Node, axis: Any = None, keepdims: bool = False, *,  # noqa: A001
+        name: str | None = None) -> Node:
+    """Smallest element over ``axis`` (``np.min``; NaN propagates).
 
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    axis : int, tuple of ints or None
+        Axes to reduce (negative counts from the end); ``None`` reduces all axes.
+    keepdims : bool
+        Keep the reduced axes, with size 1.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
 
+    Returns
+    -------
+    Node
+        ``x``'s shape without the reduced axes (size 1 with ``keepdims``), in ``x``'s
+        dtype. Reducing an empty axis fails at run time, as in numpy.
+
+    Notes
+    -----
+    Gradient: ``grad`` goes to the first position holding the minimum (in C order
+    over the reduced axes), zeros elsewhere.
+    """
+    return _reduce(Min, x, axis, keepdims, name)

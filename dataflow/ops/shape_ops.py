@@ -17,7 +17,15 @@ import numpy as np
 from ..errors import ShapeError
 from ..graph import Node
 from ..op import Op, apply, contiguous
-from ..shapes import broadcast, fmt, is_known, normalize_axes, product, same_or_unknown
+from ..shapes import (
+    broadcast,
+    fmt,
+    is_known,
+    normalize_axes,
+    product,
+    same_or_unknown,
+    shape_argument,
+)
 
 
 def _target(op: Op, ref: Any) -> tuple:
@@ -58,9 +66,32 @@ class SumTo(Op):
         return (broadcast_as(grad, inputs[0]),) + (None,) * (len(inputs) - 1)
 
 
-def sum_to(g: Node, x: Node) -> Node:
-    """``g`` summed over the axes along which ``x`` was broadcast to ``g``'s shape."""
-    if g.shape == x.shape and is_known(x.shape):
+def sum_to(g: Node, x: Node, *, name: str | None = None) -> Node:
+    """``g`` summed over the axes along which ``x`` was broadcast to ``g``'s shape: the
+    adjoint of broadcasting, which gradients use to bring a gradient back to the shape of
+    a broadcast operand.
+
+    Parameters
+    ----------
+    g : Node
+        A value of a shape that ``x``'s shape broadcasts to.
+    x : Node
+        The node whose shape the result takes (its values are not read; its shape is
+        read at run time when it has unknown dims).
+    name : str, optional
+        Name of the result node. Without one, ``g`` itself is returned when it already
+        has ``x``'s static shape.
+
+    Returns
+    -------
+    Node
+        ``x``'s shape, ``g``'s dtype.
+
+    Notes
+    -----
+    Gradient: ``grad`` broadcast back to ``g``'s shape.
+    """
+    if g.shape == x.shape and is_known(x.shape) and name is None:
         return g
     if is_known(g.shape) and is_known(x.shape):
         from .reductions import sum as sum_
@@ -69,10 +100,14 @@ def sum_to(g: Node, x: Node) -> Node:
         axes = tuple(range(lead)) + tuple(
             lead + i for i, d in enumerate(x.shape) if d == 1 and g.shape[lead + i] != 1
         )
+        if not axes and not lead:
+            return apply(SumTo(shape=x.shape), g, name=name)
+        if not lead:
+            return sum_(g, axis=axes, keepdims=True, name=name)
         out = sum_(g, axis=axes, keepdims=True) if axes else g
-        return reshape(out, x.shape) if lead else out
+        return reshape(out, x.shape, name=name)
     shape, extra = _static_or_ref(x)
-    return apply(SumTo(shape=shape), g, *extra)
+    return apply(SumTo(shape=shape), g, *extra, name=name)
 
 
 # -- broadcast_to --------------------------------------------------------------------
@@ -95,19 +130,60 @@ class BroadcastTo(Op):
         return (sum_to(grad, inputs[0]),) + (None,) * (len(inputs) - 1)
 
 
-def broadcast_to(x: Node, shape: Sequence[int]) -> Node:
-    shape = tuple(int(d) for d in shape)
-    if isinstance(x, Node) and x.shape == shape:
+def broadcast_to(x: Node, shape: Sequence[int] | int, *, name: str | None = None) -> Node:
+    """``x`` broadcast to ``shape`` (``np.broadcast_to``: a read-only view).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input; its shape must broadcast to ``shape`` by numpy's rules.
+    shape : sequence of int, or int
+        The target shape (all dims known).
+    name : str, optional
+        Name of the new node. Without one, ``x`` itself is returned when it already has
+        that shape.
+
+    Returns
+    -------
+    Node
+        Shape ``shape``, ``x``'s dtype.
+
+    Notes
+    -----
+    Gradient: ``grad`` summed back to ``x``'s shape (``sum_to``).
+    """
+    shape = shape_argument("broadcast_to", shape)
+    if isinstance(x, Node) and x.shape == shape and name is None:
         return x
-    return apply(BroadcastTo(shape=shape), x)
+    return apply(BroadcastTo(shape=shape), x, name=name)
 
 
-def broadcast_as(g: Node, x: Node) -> Node:
-    """``g`` broadcast to ``x``'s shape (static when known, else read at run time)."""
-    if g.shape == x.shape and is_known(x.shape):
+def broadcast_as(g: Node, x: Node, *, name: str | None = None) -> Node:
+    """``g`` broadcast to ``x``'s shape (static when known, else read at run time).
+
+    Parameters
+    ----------
+    g : Node
+        Input; its shape must broadcast to ``x``'s.
+    x : Node
+        The node whose shape the result takes (its values are not read).
+    name : str, optional
+        Name of the new node. Without one, ``g`` itself is returned when it already has
+        ``x``'s static shape.
+
+    Returns
+    -------
+    Node
+        ``x``'s shape, ``g``'s dtype.
+
+    Notes
+    -----
+    Gradient: ``grad`` summed back to ``g``'s shape (``sum_to``).
+    """
+    if g.shape == x.shape and is_known(x.shape) and name is None:
         return g
     shape, extra = _static_or_ref(x)
-    return apply(BroadcastTo(shape=shape), g, *extra)
+    return apply(BroadcastTo(shape=shape), g, *extra, name=name)
 
 
 # -- reshape, transpose, expand_dims -------------------------------------------------
@@ -150,18 +226,61 @@ class Reshape(Op):
         return (reshape_as(grad, inputs[0]),) + (None,) * (len(inputs) - 1)
 
 
-def reshape(x: Node, shape: Sequence[int] | int) -> Node:
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
-    if isinstance(x, Node) and x.shape == shape:
+def reshape(x: Node, shape: Sequence[int] | int, *, name: str | None = None) -> Node:
+    """``x`` with a new shape and the same elements in C order (``np.reshape``).
+
+    Parameters
+    ----------
+    x : Node or array_like
+        Input.
+    shape : sequence of int, or int
+        The new shape; one entry may be -1, inferred from the size. The sizes must
+        agree (checked when the graph is built where the shape is static).
+    name : str, optional
+        Name of the new node. Without one, ``x`` itself is returned when it already has
+        that shape.
+
+    Returns
+    -------
+    Node
+        Shape ``shape`` (the -1 filled in), ``x``'s dtype.
+
+    Notes
+    -----
+    Gradient: ``grad`` reshaped back to ``x``'s shape.
+    """
+    shape = shape_argument("reshape", shape, allow_minus_one=True)
+    if isinstance(x, Node) and x.shape == shape and name is None:
         return x
-    return apply(Reshape(shape=shape), x)
+    return apply(Reshape(shape=shape), x, name=name)
 
 
-def reshape_as(g: Node, x: Node) -> Node:
-    if g.shape == x.shape and is_known(x.shape):
+def reshape_as(g: Node, x: Node, *, name: str | None = None) -> Node:
+    """``g`` reshaped to ``x``'s shape (static when known, else read at run time).
+
+    Parameters
+    ----------
+    g : Node
+        Input, with as many elements as ``x``.
+    x : Node
+        The node whose shape the result takes (its values are not read).
+    name : str, optional
+        Name of the new node. Without one, ``g`` itself is returned when it already has
+        ``x``'s static shape.
+
+    Returns
+    -------
+    Node
+        ``x``'s shape, ``g``'s dtype.
+
+    Notes
+    -----
+    Gradient: ``grad`` reshaped back to ``g``'s shape.
+    """
+    if g.shape == x.shape and is_known(x.shape) and name is None:
         return g
     shape, extra = _static_or_ref(x)
-    return apply(Reshape(shape=shape), g, *extra)
+    return apply(Reshape(shape=shape), g, *extra, name=name)
 
 
 class Transpose(Op):
@@ -192,23 +311,76 @@ class Transpose(Op):
         return (transpose(grad, tuple(int(i) for i in np.argsort(axes))),)
 
 
-def transpose(x: Node, axes: Sequence[int] | None = None) -> Node:
+def transpose(x: Node, axes: Sequence[int] | None = None, *,
+              name: str | None = None) -> Node:
+    """``x`` with its axes permuted (``np.transpose``); ``x.T`` reverses them.
+
+    Parameters
+    ----------
+    x : Node
+        Input.
+    axes : sequence of int, optional
+        A permutation of ``range(x.ndim)`` (negative entries count from the end); by
+        default the axes are reversed.
+    name : str, optional
+        Name of the new node. Without one, ``x`` itself is returned for the identity
+        permutation.
+
+    Returns
+    -------
+    Node
+        Shape ``tuple(x.shape[a] for a in axes)``, ``x``'s dtype.
+
+    Notes
+    -----
+    Gradient: ``grad`` transposed by the inverse permutation.
+    """
     if axes is not None:
         ndim = len(x.shape)
+        if isinstance(axes, (str, bytes)) or not isinstance(axes, (Sequence, np.ndarray)) or any(
+                isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in axes):
+            raise TypeError(f"transpose: axes must be a sequence of ints, got {axes!r}")
         axes = tuple(int(a) for a in axes)
         if any(not -ndim <= a < ndim for a in axes):
             raise ShapeError(f"transpose: axes {axes} are out of range for an input of shape "
                              f"{fmt(x.shape)}")
         axes = tuple(a % ndim for a in axes)
-        if axes == tuple(range(len(x.shape))):
+        if axes == tuple(range(len(x.shape))) and name is None:
             return x
-    return apply(Transpose(axes=axes), x)
+    return apply(Transpose(axes=axes), x, name=name)
 
 
-def swapaxes(x: Node, a: int, b: int) -> Node:
-    perm = list(range(len(x.shape)))
+def swapaxes(x: Node, a: int, b: int, *, name: str | None = None) -> Node:
+    """``x`` with axes ``a`` and ``b`` interchanged (``np.swapaxes``).
+
+    Parameters
+    ----------
+    x : Node
+        Input.
+    a, b : int
+        The two axes (negative entries count from the end).
+    name : str, optional
+        Name of the new node. Without one, ``x`` itself is returned when ``a`` and
+        ``b`` are the same axis.
+
+    Returns
+    -------
+    Node
+        ``x``'s shape with dims ``a`` and ``b`` swapped, ``x``'s dtype.
+
+    Notes
+    -----
+    Gradient: ``grad`` with the same two axes swapped back.
+    """
+    ndim = len(x.shape)
+    for arg, value in (("a", a), ("b", b)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
+                -ndim <= value < ndim):
+            raise ShapeError(f"swapaxes: axis {arg}={value!r} is not an axis of an input of "
+                             f"shape {fmt(x.shape)}")
+    perm = list(range(ndim))
     perm[a], perm[b] = perm[b], perm[a]
-    return transpose(x, perm)
+    return transpose(x, perm, name=name)
 
 
 class ExpandDims(Op):
@@ -228,9 +400,32 @@ class ExpandDims(Op):
         return (reshape_as(grad, inputs[0]),)
 
 
-def expand_dims(x: Node, axes: int | Sequence[int]) -> Node:
-    axes = (axes,) if isinstance(axes, int) else tuple(axes)
-    return apply(ExpandDims(axes=axes), x) if axes else x
+def expand_dims(x: Node, axes: int | Sequence[int], *, name: str | None = None) -> Node:
+    """``x`` with new axes of size 1 inserted at ``axes`` (``np.expand_dims``).
+
+    Parameters
+    ----------
+    x : Node
+        Input.
+    axes : int or sequence of int
+        Positions of the new axes in the result (negative entries count from the end
+        of the result).
+    name : str, optional
+        Name of the new node. Without one, ``x`` itself is returned for no axes.
+
+    Returns
+    -------
+    Node
+        ``x``'s shape with a 1 at each of ``axes``, ``x``'s dtype.
+
+    Notes
+    -----
+    Gradient: ``grad`` reshaped back to ``x``'s shape.
+    """
+    axes = (axes,) if isinstance(axes, (int, np.integer)) else tuple(axes)
+    if not axes and name is None:
+        return x
+    return apply(ExpandDims(axes=axes), x, name=name)
 
 
 # -- basic indexing ------------------------------------------------------------------
@@ -306,8 +501,30 @@ class GetItem(Op):
         return (apply(ScatterIndex(index=self.index, shape=shape), grad, *extra),)
 
 
-def getitem(x: Node, index: Any) -> Node:
-    return apply(GetItem(index=_normalize_index(index, len(x.shape))), x)
+def getitem(x: Node, index: Any, *, name: str | None = None) -> Node:
+    """``x[index]`` with numpy's basic indexing; ``x[...]`` on a node builds this op.
+
+    Parameters
+    ----------
+    x : Node
+        Input.
+    index : int, slice, None, Ellipsis, or a tuple of them
+        Basic indexing only (no arrays or bool masks): ints drop an axis, slices keep
+        it, ``None`` adds one of size 1.
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The shape numpy's basic indexing gives, ``x``'s dtype. An int index out of a
+        static dim raises ``ShapeError`` when the graph is built.
+
+    Notes
+    -----
+    Gradient: zeros of ``x``'s shape with ``grad`` written at ``index``.
+    """
+    return apply(GetItem(index=_normalize_index(index, len(x.shape))), x, name=name)
 
 
 class ScatterIndex(Op):
@@ -401,11 +618,31 @@ class ConcatPiece(Op):
         return (concatenate(parts, axis=self.axis),) + (None,) * len(xs)
 
 
-def concatenate(xs: Sequence[Node], axis: int = 0) -> Node:
-    xs = list(xs)
-    if not xs:
-        raise ValueError("concatenate needs at least one input")
-    return apply(Concatenate(axis=int(axis)), *xs)
+def concatenate(xs: Sequence[Node], axis: int = 0, *, name: str | None = None) -> Node:
+    """The nodes of ``xs`` joined along an existing axis (``np.concatenate``).
+
+    Parameters
+    ----------
+    xs : sequence of Node or array_like
+        At least one input, all of the same rank (at least 1-D) and the same shape
+        outside ``axis``.
+    axis : int
+        The axis to join along (negative counts from the end).
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The inputs' shape with the sizes along ``axis`` added up, in the dtype numpy
+        promotes the inputs to.
+
+    Notes
+    -----
+    Gradient: each input gets its own slice of ``grad`` along ``axis``.
+    """
+    xs = _node_list("concatenate", xs)
+    return apply(Concatenate(axis=_axis_argument("concatenate", axis)), *xs, name=name)
 
 
 class Stack(Op):
@@ -432,8 +669,42 @@ class Stack(Op):
                      for i, want in enumerate(wanted))
 
 
-def stack(xs: Sequence[Node], axis: int = 0) -> Node:
-    xs = list(xs)
+def stack(xs: Sequence[Node], axis: int = 0, *, name: str | None = None) -> Node:
+    """The nodes of ``xs`` joined along a new axis (``np.stack``).
+
+    Parameters
+    ----------
+    xs : sequence of Node or array_like
+        At least one input, all of the same shape.
+    axis : int
+        Position of the new axis in the result (negative counts from the end).
+    name : str, optional
+        Name of the new node; by default the op's name, made unique.
+
+    Returns
+    -------
+    Node
+        The inputs' shape with ``len(xs)`` inserted at ``axis``, in the dtype numpy
+        promotes the inputs to.
+
+    Notes
+    -----
+    Gradient: each input gets its own index of ``grad`` along ``axis``.
+    """
+    xs = _node_list("stack", xs)
+    return apply(Stack(axis=_axis_argument("stack", axis)), *xs, name=name)
+
+
+def _node_list(what: str, xs: Any) -> list:
+    if isinstance(xs, Node) or not isinstance(xs, (list, tuple)):
+        raise TypeError(f"{what}: xs must be a list or tuple of nodes, got "
+                        f"{type(xs).__name__}")
     if not xs:
-        raise ValueError("stack needs at least one input")
-    return apply(Stack(axis=int(axis)), *xs)
+        raise ValueError(f"{what} needs at least one input")
+    return list(xs)
+
+
+def _axis_argument(what: str, axis: Any) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{what}: axis must be an int, got {axis!r}")
+    return int(axis)
