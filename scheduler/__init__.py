@@ -4,8 +4,9 @@ parents' values exist, on a pluggable executor, with hooks for profiling.
 - ``Engine(executor="threads", workers=None, callbacks=())`` and ``engine.run`` /
   ``engine.run_async`` for graph nodes; ``run(...)`` for one shot;
 - ``get(tasks, keys)`` for plain task graphs in dask's conventions;
-- ``Callback`` hooks and, on top of them, ``Profiler`` (node-level profiling) and
-  ``ProgressBar`` (tqdm, optional).
+- ``Callback`` hooks and, on top of them, ``Profiler`` (node-level profiling;
+  ``profile(...)`` profiles a warmed engine in one call) and ``ProgressBar`` (tqdm,
+  optional).
 
 It knows nothing about derivatives; ``dataflow`` uses it to run graphs.
 """
@@ -21,7 +22,7 @@ from .errors import (
     SchedulerError,
 )
 from .plan import Plan
-from .profiler import NodeRecord, Profiler, RunProfile
+from .profiler import NodeRecord, Profiler, RunProfile, profile
 from .progress import ProgressBar, progress
 from .spec import NO_VALUE, TaskSpec
 
@@ -29,7 +30,7 @@ __all__ = [
     "Callback", "CycleError", "Engine", "FeedError", "NO_VALUE", "NodeError", "NodeRecord",
     "NumericsError", "Plan", "Profiler", "ProgressBar", "RunCancelled", "RunInfo", "RunProfile",
     "SchedulerError",
-    "TaskRecord", "TaskSpec", "get", "progress", "run",
+    "TaskRecord", "TaskSpec", "get", "profile", "progress", "run",
 ]
 
 

@@ -54,7 +54,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -62,9 +62,10 @@ import numpy as np
 from .callbacks import Callback, RunInfo, TaskRecord
 
 if TYPE_CHECKING:
+    from .engine import Engine
     from .plan import Plan
 
-__all__ = ["NodeRecord", "Profiler", "RunProfile"]
+__all__ = ["NodeRecord", "Profiler", "RunProfile", "profile"]
 
 # Worker counts shown in the summary's "what if" line.
 WHAT_IF_WORKERS = (1, 2, 4, 8, 16)
@@ -112,6 +113,8 @@ class RunProfile:
         self._plan: Plan | None = plan
         self._records: list[NodeRecord] = []
         self._by_position: dict[int, NodeRecord] = {}
+        self._busy_time: float | None = None
+        self._workers: list[str] | None = None
         #: perf_counter() when the run began and when its ``finish`` hook ran
         self.started = started
         self.finished = finished
@@ -151,15 +154,19 @@ class RunProfile:
     @property
     def busy_time(self) -> float:
         """Sum of node durations (worker-seconds spent in kernels)."""
-        return math.fsum(r.end - r.start for r in self.records)
+        if self._busy_time is None:  # a fact of the finished run: computed once
+            self._busy_time = math.fsum(r.end - r.start for r in self.records)
+        return self._busy_time
 
     @property
     def workers(self) -> list[str]:
         """Distinct workers that ran something: the driving thread first, then the
         others in natural order of their names."""
-        names = {r.worker for r in self.records}
-        rest = sorted(names - {self.driver}, key=_natural_key)
-        return ([self.driver] if self.driver in names else []) + rest
+        if self._workers is None:  # a fact of the finished run: computed once
+            names = {r.worker for r in self.records}
+            rest = sorted(names - {self.driver}, key=_natural_key)
+            self._workers = ([self.driver] if self.driver in names else []) + rest
+        return list(self._workers)
 
     def record(self, node: Hashable) -> NodeRecord:
         """The record of ``node`` (a graph node or a task key)."""
@@ -665,6 +672,70 @@ class Profiler(Callback):
                   "summary", "plot_gantt"):
         locals()[_name].__doc__ = getattr(RunProfile, _name).__doc__
     del _name
+
+
+def profile(fetches: Any, feeds: Mapping | None = None, *, engine: Engine | None = None,
+            executor: Any = "threads", workers: int | None = None, warmup: int = 2,
+            timeout: float | None = None) -> Profiler:
+    """Profile one run of ``fetches`` on a warmed engine, in one call.
+
+    The first runs of a graph on an engine compile its plan and teach the engine's cost
+    model which nodes are worth a pool worker, so a profile of a cold engine shows
+    compilation and learning rather than the steady state. This helper runs the request
+    ``warmup`` times unprofiled, then once more with a fresh :class:`Profiler`.
+
+    Parameters
+    ----------
+    fetches : node, list/tuple or dict of nodes, or names
+        What to compute, as for :meth:`Engine.run`.
+    feeds : mapping, optional
+        Values for placeholders (and any other node to feed), as for :meth:`Engine.run`.
+    engine : Engine, optional
+        The engine to warm and profile (it stays open). When omitted, an
+        ``Engine(executor, workers)`` is made for the call and closed after it.
+    executor : str or concurrent.futures.Executor, default "threads"
+        The executor of the engine made for the call; ignored when ``engine`` is given.
+    workers : int, optional
+        The pool size of the engine made for the call; ignored when ``engine`` is given.
+    warmup : int, default 2
+        Unprofiled runs before the profiled one (0 profiles the first run).
+    timeout : float, optional
+        Seconds each run may take (``TimeoutError`` after that).
+
+    Returns
+    -------
+    Profiler
+        The profiler that watched the last run: ``prof.summary()``,
+        ``prof.critical_path_time()``, ``prof.simulate(workers=k)``, ...
+
+    Raises
+    ------
+    ValueError
+        If ``warmup`` is negative, or ``executor``/``workers`` are given with ``engine``.
+
+    Examples
+    --------
+    >>> prof = scheduler.profile(loss, {x: batch}, workers=2)  # doctest: +SKIP
+    >>> print(prof.summary())  # doctest: +SKIP
+    """
+    from .engine import Engine
+
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+    if engine is not None and (executor != "threads" or workers is not None):
+        raise ValueError("pass either engine= or executor=/workers=, not both")
+    owned = engine is None
+    if engine is None:
+        engine = Engine(executor, workers)
+    try:
+        for _ in range(warmup):
+            engine.run(fetches, feeds, timeout=timeout)
+        prof = Profiler(history=1)
+        engine.run(fetches, feeds, timeout=timeout, callbacks=[prof])
+    finally:
+        if owned:
+            engine.close()
+    return prof
 
 
 # -- helpers ------------------------------------------------------------------------------------
