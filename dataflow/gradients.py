@@ -23,7 +23,7 @@ import numpy as np
 from scheduler.plan import gc_paused
 
 from .errors import GradientError, GraphError, ShapeError
-from .graph import Node
+from .graph import Node, building_gradients
 from .ops import add_n, cast, constant, ones_like, reshape, stack, zeros_like
 from .shapes import fmt, is_known, same_or_unknown
 
@@ -76,7 +76,7 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
     # Every node made here lives as long as the graph: the cyclic collector would
     # rescan the growing graph many times for nothing (a third of the time on a
     # 100,000-node chain, and the time would no longer grow linearly).
-    with gc_paused():
+    with gc_paused(), building_gradients():
         return _backprop(y_list, x_list, grad_ys, unconnected, checkpoints)
 
 

@@ -12,7 +12,9 @@ constants) go into the innermost graph, or into a process-wide default graph whe
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import threading
 from collections.abc import Container, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -51,6 +53,18 @@ def get_default_graph() -> Graph:
         return _default_graph
 
 
+@contextlib.contextmanager
+def building_gradients() -> Iterator[None]:
+    """Mark the nodes this thread creates inside the block as gradient nodes
+    (:meth:`Graph.is_gradient`); ``dataflow.gradients`` builds its nodes inside one."""
+    previous = getattr(_local, "gradients", False)
+    _local.gradients = True
+    try:
+        yield
+    finally:
+        _local.gradients = previous
+
+
 def reset_default_graph() -> Graph:
     """Replace the process-wide default graph by an empty one and return it."""
     global _default_graph
@@ -70,6 +84,8 @@ class Graph:
         self._consumers: list[list[Node]] = []
         self._names: dict[str, Node] = {}
         self._name_counts: dict[str, int] = {}
+        # ids of the nodes built by ``gradients`` (membership tests only)
+        self._gradient_ids: set[int] = set()
         self._lock = threading.Lock()
 
     # -- context manager -------------------------------------------------------------
@@ -115,6 +131,31 @@ class Graph:
     def placeholders(self) -> tuple[Node, ...]:
         return tuple(n for n in self._nodes if n.op.name == "placeholder")
 
+    def is_gradient(self, node: Node) -> bool:
+        """Whether ``node`` was built by :func:`dataflow.gradients` (in this process)."""
+        self._check_member(node)
+        return node.id in self._gradient_ids
+
+    def visualize(self, path: str | os.PathLike, *, fed: Iterable[Node] = (),
+                  layout: str = "auto") -> str:
+        """Draw the graph to ``path`` (``.svg``, ``.png`` or ``.pdf``) and return the path.
+
+        Nodes are coloured by role: forward, gradient (built by ``gradients``) and fed
+        (placeholders and the nodes in ``fed``). ``layout`` is ``"graphviz"`` (needs the
+        ``dot`` program and the ``graphviz`` package), ``"layered"`` (matplotlib) or
+        ``"auto"``: graphviz when ``dot`` is installed, else layered. See
+        :mod:`dataflow.visualize`.
+        """
+        from .visualize import render
+
+        return render(self._nodes, path, fed=fed, layout=layout, title=self.name)
+
+    def _repr_html_(self) -> str:
+        """Jupyter view: a drawing of small graphs, a summary of large ones."""
+        from .visualize import notebook_html
+
+        return notebook_html(self._nodes, title=f"graph {self.name!r}")
+
     def _check_member(self, node: Node) -> None:
         if not isinstance(node, Node):
             raise GraphError(f"expected a Node, got {type(node).__name__}")
@@ -139,6 +180,8 @@ class Graph:
             self._nodes.append(node)
             self._consumers.append([])
             self._names[name] = node
+            if getattr(_local, "gradients", False):
+                self._gradient_ids.add(node.id)
             for parent in dict.fromkeys(inputs):  # each distinct input once, in slot order
                 self._consumers[parent.id].append(node)
         return node
@@ -222,7 +265,14 @@ class Node:
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions, ``len(node.shape)``."""
         return len(self.shape)
+
+    def _repr_html_(self) -> str:
+        """Jupyter view: the node and its ancestors, drawn when few, else summarised."""
+        from .visualize import notebook_html
+
+        return notebook_html(ancestors([self]), title=f"node {self.name!r} and its ancestors")
 
     def __iter__(self) -> Iterator[Node]:
         raise TypeError(f"node {self.name!r} is not iterable; index it explicitly")

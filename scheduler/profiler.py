@@ -45,12 +45,14 @@ interleaved repetitions; a 2-core machine under a load of about 6):
 from __future__ import annotations
 
 import heapq
+import html
 import json
 import math
 import os
 import re
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -67,6 +69,8 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeRecord", "Profiler", "RunProfile", "profile"]
 
+# Notebooks chart runs of up to this many nodes and summarise larger ones.
+MAX_DRAWN_RECORDS = 2000
 # Worker counts shown in the summary's "what if" line.
 WHAT_IF_WORKERS = (1, 2, 4, 8, 16)
 
@@ -537,6 +541,34 @@ class RunProfile:
         return path
 
 
+    # -- notebooks -------------------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        """Jupyter view: the Gantt chart and the summary of a run of up to
+        ``MAX_DRAWN_RECORDS`` nodes; the key figures of a larger one."""
+        recs = self.records
+        head = f"<p><b>{html.escape(repr(self))}</b></p>"
+        if not recs:
+            return head
+        if len(recs) > MAX_DRAWN_RECORDS:
+            facts = [("nodes", f"{len(recs)}"), ("workers", f"{len(self.workers)}"),
+                     ("wall time", _ms(self.wall_time)), ("busy time", _ms(self.busy_time)),
+                     ("critical path", _ms(self.critical_path_time())),
+                     ("utilization", f"{self.utilization():.1%}")]
+            rows = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in facts)
+            return (f"{head}<table>{rows}</table><p>Too many nodes to chart here: "
+                    "<code>summary()</code> and <code>plot_gantt(path)</code> give it all.</p>")
+        chart = ""
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = self.plot_gantt(os.path.join(tmp, "gantt.svg"))
+                with open(path, encoding="utf-8") as f:
+                    chart = f.read()
+            chart = chart[chart.find("<svg"):]  # drop the XML prolog inside HTML
+        except ImportError:  # no matplotlib: the summary alone
+            pass
+        return f"{head}<div>{chart}</div><pre>{html.escape(self.summary())}</pre>"
+
+
 class Profiler(Callback):
     """Records every executed node of the runs it is passed to (see the module
     docstring). Keeps the last ``history`` runs in ``runs`` (oldest first; ``None``
@@ -665,6 +697,12 @@ class Profiler(Callback):
 
     def plot_gantt(self, path: str | os.PathLike, **kwargs: Any) -> str:
         return self.last.plot_gantt(path, **kwargs)
+
+    def _repr_html_(self) -> str:
+        """Jupyter view of the last run (see :meth:`RunProfile._repr_html_`)."""
+        if not self.runs:
+            return f"<p><b>{html.escape(repr(self))}</b>: no finished run yet</p>"
+        return self.last._repr_html_()
 
     # Keep RunProfile's docstrings on the delegating methods.
     for _name in ("critical_path", "critical_path_time", "utilization", "simulate",
