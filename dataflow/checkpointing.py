@@ -75,7 +75,22 @@ class After(Op):
 
 
 def after(x: Node, *tokens: Node) -> Node:
-    """``x``, computed no earlier than ``tokens`` (whose values are ignored)."""
+    """``x``, computed no earlier than ``tokens``.
+
+    A scheduling dependency: the value is ``x``'s, the tokens' values are ignored.
+
+    Parameters
+    ----------
+    x : Node
+        The value.
+    *tokens : Node
+        Nodes that must have been computed first.
+
+    Returns
+    -------
+    Node
+        ``x`` itself when no token is given, else a node with ``x``'s value.
+    """
     return apply(After(), x, *tokens) if tokens else x
 
 

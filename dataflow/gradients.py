@@ -49,17 +49,50 @@ def _as_list(value: Any, what: str) -> tuple[list, bool]:
 def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
               grad_ys: Any = None, *, unconnected: str = "zero",
               checkpoints: Any = None) -> list[Node | None]:
-    """The gradient of ``sum(ys)`` (each y weighted by its ``grad_ys`` entry) with
-    respect to each of ``xs``, as new nodes in the same graph.
+    """The gradient of ``sum(ys)`` with respect to each of ``xs``, as new nodes.
 
-    ``grad_ys`` defaults to ones shaped like each y. ``unconnected`` says what an x that
-    the ys do not depend on gets: ``"zero"`` (zeros shaped like x), ``"none"`` or
-    ``"raise"`` (``GradientError``).
+    Back-propagation as graph construction (algorithms 6.5/6.6 of *Deep Learning*):
+    nothing runs; the returned nodes join the graph of ``ys`` and can be fetched,
+    saved, simplified or differentiated again. Integer-typed nodes carry no gradient.
 
-    ``checkpoints`` (``None``, ``"auto"`` or a list of nodes) turns on gradient
-    checkpointing: the bprops see recomputed copies of the forward values, rebuilt
-    from the checkpoints late in the backward pass, so that the forward values between
-    checkpoints need not stay alive (see ``dataflow.checkpointing``).
+    Parameters
+    ----------
+    ys : Node or sequence of Node
+        The values to differentiate; their sum (each weighted by ``grad_ys``) is.
+    xs : Node or sequence of Node
+        The nodes to differentiate with respect to.
+    grad_ys : array_like, Node or sequence of them, optional
+        One seed per y, shaped like it (the gradient flowing into y); ones by default.
+    unconnected : {"zero", "none", "raise"}, default "zero"
+        What an x that the ys do not depend on gets: zeros shaped like x, ``None``, or
+        a ``GradientError``.
+    checkpoints : None, "auto" or sequence of Node, optional
+        Gradient checkpointing: the bprops see recomputed copies of the forward values,
+        rebuilt from the checkpoints late in the backward pass, so that the forward
+        values between checkpoints need not stay alive (see ``dataflow.checkpointing``).
+
+    Returns
+    -------
+    list of Node or None
+        One per x, shaped like it (``None`` only with ``unconnected="none"``).
+
+    Raises
+    ------
+    GradientError
+        If the path from an x to the ys passes an op without a bprop (the message
+        names it), or an x is unconnected under ``unconnected="raise"``.
+    GraphError
+        If the nodes come from different graphs.
+
+    Examples
+    --------
+    >>> import dataflow as df
+    >>> with df.Graph():
+    ...     w = df.placeholder("w", (3,))
+    ...     loss = df.sum(df.square(w))
+    ...     (gw,) = df.gradients(loss, [w])
+    >>> gw.shape
+    (3,)
     """
     if unconnected not in UNCONNECTED:
         raise ValueError(f"gradients: unconnected must be one of {UNCONNECTED}, "
@@ -206,13 +239,50 @@ def _check_gradient_shape(node: Node, parent: Node, g: Node) -> None:
 
 
 def grad(y: Node, x: Node, grad_y: Any = None, *, unconnected: str = "zero") -> Node | None:
-    """``gradients`` for one y and one x."""
+    """The gradient of one ``y`` with respect to one ``x``: :func:`gradients` for one.
+
+    Parameters
+    ----------
+    y : Node
+        The value to differentiate.
+    x : Node
+        The node to differentiate with respect to.
+    grad_y : array_like or Node, optional
+        The seed, shaped like ``y``; ones by default.
+    unconnected : {"zero", "none", "raise"}, default "zero"
+        As for :func:`gradients`.
+
+    Returns
+    -------
+    Node or None
+        Shaped like ``x``.
+    """
     return gradients([y], [x], None if grad_y is None else [grad_y], unconnected=unconnected)[0]
 
 
 def jacobian(y: Node, x: Node) -> Node:
-    """The Jacobian ``d y / d x`` of shape ``y.shape + x.shape`` (``y`` needs a static
-    shape). Built as one gradient per element of ``y``, so keep ``y`` small."""
+    """The Jacobian ``d y / d x``.
+
+    Built as one gradient per element of ``y``, so keep ``y`` small.
+
+    Parameters
+    ----------
+    y : Node
+        A node with a static shape.
+    x : Node
+        The node to differentiate with respect to (a static shape when ``y`` is not
+        1-D or is empty).
+
+    Returns
+    -------
+    Node
+        Of shape ``y.shape + x.shape``.
+
+    Raises
+    ------
+    ShapeError
+        If a shape the result needs is not known statically.
+    """
     if not is_known(y.shape):
         raise ShapeError(f"jacobian: {y.name!r} needs a static shape, got {fmt(y.shape)}")
     size = int(np.prod(y.shape, dtype=np.int64))
@@ -236,8 +306,29 @@ def jacobian(y: Node, x: Node) -> Node:
 
 
 def hessian_vector_product(y: Node, x: Node, v: Any) -> Node:
-    """``H v`` where ``H`` is the Hessian of scalar ``y`` with respect to ``x``,
-    computed as the gradient of ``<grad(y, x), v>`` (no Hessian is formed)."""
+    """``H v``, where ``H`` is the Hessian of a scalar ``y`` with respect to ``x``.
+
+    Computed as the gradient of ``<grad(y, x), v>``: no Hessian is formed.
+
+    Parameters
+    ----------
+    y : Node
+        A scalar node.
+    x : Node
+        The node to differentiate with respect to.
+    v : array_like or Node
+        The vector, shaped like ``x``.
+
+    Returns
+    -------
+    Node
+        Shaped like ``x``.
+
+    Raises
+    ------
+    ShapeError
+        If ``y`` is not a scalar or ``v`` is not shaped like ``x``.
+    """
     if y.shape != ():
         raise ShapeError(f"hessian_vector_product: {y.name!r} must be a scalar, got {fmt(y.shape)}")
     from .ops import sum as sum_

@@ -111,20 +111,37 @@ _FedValue.name = "fed"
 def simplify(fetches: Any, feeds: Iterable[Node] | None = None, *, return_mapping: bool = False,
              fold_limit: int = FOLD_LIMIT, assume_finite: bool = True,
              preserve_fetches: bool = False) -> Any:
-    """Equivalent ``fetches`` (a node, a list/tuple, a dict, nested; ``None`` entries
-    pass through) made of nodes of a new, simplified graph.
+    """Equivalent fetches made of nodes of a new, simplified graph.
 
-    - ``feeds``: nodes (or a dict keyed by nodes) whose values will be fed; they become
-      opaque leaves (never merged, folded or looked through) and their ancestors are
-      cut off, as in a run.
-    - ``return_mapping``: return ``(new_fetches, mapping)``, where ``mapping`` maps each
-      original node whose value the new graph still holds (every ancestor placeholder
-      included) to its new node; feed ``mapping[x]`` where you fed ``x``.
-    - ``fold_limit``: the largest folded constant, in elements.
-    - ``assume_finite``: rewrite float ``x * 0`` to zeros (see the module docstring).
-    - ``preserve_fetches``: rebuild each fetch with its own op (its inputs simplified),
-      never as a constant or as another node by an identity, so fetched arrays stay
-      fresh and writable as without rewriting (the engine does this).
+    Common subexpressions are merged, constants folded and algebraic identities
+    applied; the original graph is not changed. The engine does this itself when it
+    compiles a plan (``Engine(simplify=False)`` turns it off).
+
+    Parameters
+    ----------
+    fetches : Node, list, tuple or dict of them, nested
+        What to simplify; ``None`` entries pass through.
+    feeds : iterable of Node or mapping keyed by Node, optional
+        Nodes whose values will be fed: they become opaque leaves (never merged,
+        folded or looked through) and their ancestors are cut off, as in a run.
+    return_mapping : bool, default False
+        Also return a mapping from each original node whose value the new graph still
+        holds (every ancestor placeholder included) to its new node: feed
+        ``mapping[x]`` where you fed ``x``.
+    fold_limit : int
+        The largest folded constant, in elements.
+    assume_finite : bool, default True
+        Rewrite float ``x * 0`` to zeros (see the module docstring).
+    preserve_fetches : bool, default False
+        Rebuild each fetch with its own op (its inputs simplified), never as a constant
+        or as another node by an identity, so fetched arrays stay fresh and writable as
+        without rewriting (the engine does this).
+
+    Returns
+    -------
+    object or tuple
+        The fetches in the same structure, or ``(new_fetches, mapping)`` with
+        ``return_mapping``.
     """
     nodes, pack = _flatten(fetches)
     fed = _fed_nodes(feeds)

@@ -87,9 +87,47 @@ def _spec_of_object(key: Hashable) -> TaskSpec:
 class Engine:
     """Runs graphs on an executor. A context manager; closes what it started.
 
-    ``executor`` is ``"inline" | "threads" | "asyncio" | "processes" | "dask"`` or any
-    ``concurrent.futures.Executor`` (which the engine uses but does not shut down).
     One engine may be used from many threads at once: each run has its own state.
+    Plans are compiled once per (fetches, fed nodes) and cached, and a cost model
+    learned from measured durations decides which nodes go to the pool.
+
+    Parameters
+    ----------
+    executor : str or concurrent.futures.Executor, default "threads"
+        ``"inline" | "threads" | "asyncio" | "processes" | "dask"``, or any object with
+        ``submit`` (a ``concurrent.futures.Executor``), which the engine uses but does
+        not shut down.
+    workers : int, optional
+        Pool size; the executor's own, else the number of CPUs.
+    callbacks : iterable of Callback, optional
+        Hooks called around every run of this engine.
+    check_numerics : bool, default False
+        Raise ``NumericsError`` naming the first node that produced NaN or Inf.
+    inline_threshold : float
+        Tasks measured to take longer than this many seconds go to the pool; the rest
+        run on the driving thread. 0 sends every task to the pool.
+    plan_cache_size : int, default 256
+        Compiled plans kept (least recently used dropped).
+    simplify : bool, default True
+        Let the fetched objects rewrite their graph when a plan is compiled (for
+        dataflow nodes, :func:`dataflow.simplify`).
+
+    Raises
+    ------
+    ValueError
+        For an unknown executor name or a bad ``workers``.
+    TypeError
+        For an executor that is neither a name nor has ``submit``.
+
+    Examples
+    --------
+    >>> import numpy as np, dataflow as df, scheduler
+    >>> with df.Graph():
+    ...     x = df.placeholder("x", (2,))
+    ...     y = df.sum(x * 3.0)
+    >>> with scheduler.Engine("threads", workers=2) as engine:
+    ...     print(engine.run(y, {x: np.ones(2)}))
+    6.0
     """
 
     def __init__(self, executor: Any = "threads", workers: int | None = None,
@@ -164,8 +202,34 @@ class Engine:
     # -- running dataflow nodes ----------------------------------------------------------
     def run(self, fetches: Any, feeds: Mapping | None = None, *, timeout: float | None = None,
             callbacks: Iterable[Callback] = ()) -> Any:
-        """Compute ``fetches`` (a node, a list/tuple of nodes, or a dict of them) and
-        return their values in the same structure, as numpy arrays."""
+        """Compute ``fetches`` and return their values.
+
+        Parameters
+        ----------
+        fetches : node, list/tuple or dict of nodes
+            What to compute; only their ancestors run (fed nodes cut theirs off).
+        feeds : mapping, optional
+            Values of placeholders (and of any other node to feed), keyed by node.
+        timeout : float, optional
+            Seconds the run may take; then ``TimeoutError`` naming the unfinished nodes.
+        callbacks : iterable of Callback, optional
+            Hooks for this run only (besides the engine's own).
+
+        Returns
+        -------
+        object
+            The values in the structure of ``fetches``, as numpy arrays.
+
+        Raises
+        ------
+        FeedError
+            For missing, extra or ill-shaped feeds, before any node runs.
+        TimeoutError
+            When ``timeout`` passes first.
+        Exception
+            A failing node's error, naming the node and its op; nothing new starts
+            after it and the engine stays usable.
+        """
         return self._run(fetches, feeds, timeout, callbacks, None)
 
     def _run(self, fetches: Any, feeds: Mapping | None, timeout: float | None,
@@ -178,10 +242,29 @@ class Engine:
 
     async def run_async(self, fetches: Any, feeds: Mapping | None = None, *,
                         timeout: float | None = None, callbacks: Iterable[Callback] = ()) -> Any:
-        """``run`` from inside an event loop. The run is driven from a coordinator thread
-        and its kernels run there or in the pool, never on the loop, which stays free.
-        Cancelling the awaiting task stops the run: no node starts afterwards (the nodes
-        running then finish in the background, as after a timeout)."""
+        """:meth:`run` from inside an event loop.
+
+        The run is driven from a coordinator thread and its kernels run there or in the
+        pool, never on the loop, which stays free. Cancelling the awaiting task stops
+        the run: no node starts afterwards (the nodes running then finish in the
+        background, as after a timeout).
+
+        Parameters
+        ----------
+        fetches : node, list/tuple or dict of nodes
+            What to compute; only their ancestors run (fed nodes cut theirs off).
+        feeds : mapping, optional
+            Values of placeholders (and of any other node to feed), keyed by node.
+        timeout : float, optional
+            Seconds the run may take; then ``TimeoutError`` naming the unfinished nodes.
+        callbacks : iterable of Callback, optional
+            Hooks for this run only (besides the engine's own).
+
+        Returns
+        -------
+        object
+            As for :meth:`run`.
+        """
         loop = asyncio.get_running_loop()
         coordinators = self._coordinators()
         cancel = threading.Event()
@@ -206,7 +289,24 @@ class Engine:
             return pool
 
     def plan(self, keys: list, feeds: Mapping) -> Plan:
-        """The cached plan for these fetch keys and fed keys (compiled on first use)."""
+        """The cached plan for these fetch keys and fed keys (compiled on first use).
+
+        Parameters
+        ----------
+        keys : list
+            Fetch keys (graph nodes).
+        feeds : mapping
+            The feeds; only their keys matter.
+
+        Returns
+        -------
+        Plan
+
+        Raises
+        ------
+        FeedError
+            If a feed key is not a node of the fetches' graph.
+        """
         cache_key = (tuple(keys), frozenset(feeds))
         with self._lock:
             plan = self._plans.get(cache_key)
@@ -234,9 +334,27 @@ class Engine:
     def execute(self, plan: Plan, feeds: Mapping, *, timeout: float | None = None,
                 callbacks: Iterable[Callback] = (),
                 cancel: threading.Event | None = None) -> list[Any]:
-        """Run ``plan`` with ``feeds`` (keyed like the plan's keys) and return the
-        fetched values in the plan's fetch order. Once ``cancel`` is set (from another
-        thread), no node starts and the run raises ``RunCancelled``."""
+        """Run a compiled plan.
+
+        Parameters
+        ----------
+        plan : Plan
+            From :meth:`plan` (or built directly).
+        feeds : mapping
+            Values keyed like the plan's keys.
+        timeout : float, optional
+            Seconds the run may take.
+        callbacks : iterable of Callback, optional
+            Hooks for this run only.
+        cancel : threading.Event, optional
+            Once set (from another thread), no node starts and the run raises
+            ``RunCancelled``.
+
+        Returns
+        -------
+        list
+            The fetched values, in the plan's fetch order.
+        """
         if self._closed:
             raise RuntimeError("this engine is closed")
         values = list(plan.template)
@@ -304,8 +422,35 @@ class Engine:
     # -- running plain task graphs ---------------------------------------------------------
     def get(self, tasks: Mapping, keys: Any, *, feeds: Mapping | None = None,
             timeout: float | None = None, callbacks: Iterable[Callback] = ()) -> Any:
-        """Run a task graph in dask's conventions and return the values of ``keys``
-        (one key, or a nested list of keys)."""
+        """Run a task graph in dask's conventions.
+
+        Parameters
+        ----------
+        tasks : mapping
+            ``{key: (callable, *args)}``; an arg that is a key of ``tasks`` stands for
+            that task's value; anything else is a literal. A dask collection's graph is
+            accepted too.
+        keys : hashable or nested list of hashable
+            What to compute.
+        feeds : mapping, optional
+            Values for keys of ``tasks``, which then do not run.
+        timeout : float, optional
+            Seconds the run may take.
+        callbacks : iterable of Callback, optional
+            Hooks for this run only.
+
+        Returns
+        -------
+        object
+            The values of ``keys``, in the same nesting.
+
+        Raises
+        ------
+        KeyError
+            If a key is not in the task graph.
+        CycleError
+            If the task graph has a cycle.
+        """
         from .taskgraph import TaskGraphSource, flatten_keys, pack_results
 
         if not isinstance(tasks, Mapping) and hasattr(tasks, "__dask_graph__"):
@@ -907,7 +1052,33 @@ def _shutdown_pools(owned: dict) -> None:
 def run(fetches: Any, feeds: Mapping | None = None, *, executor: Any = "threads",
         workers: int | None = None, timeout: float | None = None,
         callbacks: Iterable[Callback] = (), check_numerics: bool = False) -> Any:
-    """One-shot ``Engine(executor, workers).run(fetches, feeds)``."""
+    """Compute ``fetches`` once on a new engine, closed afterwards.
+
+    ``Engine(executor, workers).run(fetches, feeds)``; keep an :class:`Engine` to run a
+    graph more than once (it caches plans and learns costs).
+
+    Parameters
+    ----------
+    fetches : node, list/tuple or dict of nodes
+        What to compute.
+    feeds : mapping, optional
+        Values of placeholders, keyed by node.
+    executor : str or concurrent.futures.Executor, default "threads"
+        As for :class:`Engine`.
+    workers : int, optional
+        Pool size.
+    timeout : float, optional
+        Seconds the run may take.
+    callbacks : iterable of Callback, optional
+        Hooks for the run.
+    check_numerics : bool, default False
+        Raise ``NumericsError`` on the first NaN or Inf.
+
+    Returns
+    -------
+    object
+        The values in the structure of ``fetches``.
+    """
     with Engine(executor, workers, check_numerics=check_numerics) as engine:
         return engine.run(fetches, feeds, timeout=timeout, callbacks=callbacks)
 
@@ -916,8 +1087,43 @@ def get(tasks: Mapping, keys: Any, executor: Any = "threads", workers: int | Non
         feeds: Mapping | None = None, timeout: float | None = None,
         callbacks: Iterable[Callback] = (), check_numerics: bool = False,
         num_workers: int | None = None, **dask_options: Any) -> Any:
-    """Run a task graph ``{key: (callable, *args)}`` in dask's conventions; usable as
-    ``dask.compute(x, scheduler=scheduler.get)``. dask's other scheduler options
-    (``dask_options``) are accepted and ignored."""
+    """Run a task graph ``{key: (callable, *args)}`` in dask's conventions, once.
+
+    Usable as a dask scheduler: ``dask.compute(x, scheduler=scheduler.get)``.
+
+    Parameters
+    ----------
+    tasks : mapping
+        The task graph (see :meth:`Engine.get`).
+    keys : hashable or nested list of hashable
+        What to compute.
+    executor : str or concurrent.futures.Executor, default "threads"
+        As for :class:`Engine`.
+    workers : int, optional
+        Pool size.
+    feeds : mapping, optional
+        Values for keys of ``tasks``, which then do not run.
+    timeout : float, optional
+        Seconds the run may take.
+    callbacks : iterable of Callback, optional
+        Hooks for the run.
+    check_numerics : bool, default False
+        Raise ``NumericsError`` on the first NaN or Inf.
+    num_workers : int, optional
+        dask's name for ``workers``.
+    **dask_options
+        dask's other scheduler options, accepted and ignored.
+
+    Returns
+    -------
+    object
+        The values of ``keys``, in the same nesting.
+
+    Examples
+    --------
+    >>> import operator, scheduler
+    >>> scheduler.get({"a": 1, "b": (operator.add, "a", 10)}, "b")
+    11
+    """
     with Engine(executor, workers or num_workers, check_numerics=check_numerics) as engine:
         return engine.get(tasks, keys, feeds=feeds, timeout=timeout, callbacks=callbacks)

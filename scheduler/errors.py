@@ -12,7 +12,17 @@ class SchedulerError(Exception):
 
 
 class NodeError(SchedulerError):
-    """A task raised. ``__cause__`` holds the original exception."""
+    """A task failed. ``__cause__`` holds the original exception, if any.
+
+    Parameters
+    ----------
+    name : str
+        The failed task's name (``node_name`` attribute).
+    op : str
+        Its op (``op`` attribute).
+    cause : BaseException, optional
+        The original exception (``original`` attribute).
+    """
 
     def __init__(self, name: str, op: str, cause: BaseException | None = None):
         self.node_name = name
@@ -32,7 +42,13 @@ class RunCancelled(SchedulerError):
 
 
 class CycleError(SchedulerError, ValueError):
-    """The task graph has a cycle; ``path`` lists the keys around it."""
+    """The task graph has a cycle.
+
+    Parameters
+    ----------
+    path : list
+        The keys around the cycle (``path`` attribute).
+    """
 
     def __init__(self, path: list):
         self.path = list(path)
@@ -40,7 +56,17 @@ class CycleError(SchedulerError, ValueError):
 
 
 class NumericsError(SchedulerError, FloatingPointError):
-    """``check_numerics`` found NaN or Inf in a task's output."""
+    """``check_numerics`` found NaN or Inf in a task's output.
+
+    Parameters
+    ----------
+    name : str
+        The task's name (``node_name`` attribute).
+    op : str
+        Its op (``op`` attribute).
+    what : str
+        What was found (``"NaN"``, ``"Inf"``).
+    """
 
     def __init__(self, name: str, op: str, what: str):
         self.node_name = name

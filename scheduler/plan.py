@@ -45,7 +45,22 @@ class Plan:
     do not need are ignored (as in TensorFlow: feeding a placeholder a fetch does not use
     is no error); whether a fed key belongs to the graph at all is the caller's check.
     Immutable apart from the learned per-task costs, which only affect scheduling
-    choices, never results."""
+    choices, never results.
+
+    Engines compile and cache plans themselves (:meth:`Engine.plan`); build one directly
+    only to run it many times with :meth:`Engine.execute`.
+
+    Parameters
+    ----------
+    fetch_keys : sequence of hashable
+        The keys to compute.
+    fed_keys : sequence of hashable
+        The keys whose values will be fed (their ancestors are not run).
+    spec_of : callable
+        ``spec_of(key) -> TaskSpec``: how to compute each key.
+    memory_order : bool, default False
+        Reorder the tasks to keep fewer values alive at once.
+    """
 
     def __init__(self, fetch_keys: Sequence[Hashable], fed_keys: Sequence[Hashable],
                  spec_of: SpecOf, *, memory_order: bool = False):
@@ -176,10 +191,29 @@ class Plan:
         return len(self.keys)
 
     def describe(self, p: int) -> str:
+        """``'name' (op op)`` of the task at position ``p``, for messages.
+
+        Parameters
+        ----------
+        p : int
+            A task position.
+
+        Returns
+        -------
+        str
+        """
         return f"{self.names[p]!r} (op {self.ops[p]})"
 
     def seed_estimates(self, table: dict[Hashable, float], threshold: float) -> None:
-        """Start from the engine-wide estimates of tasks with the same cost key."""
+        """Start from the engine-wide estimates of tasks with the same cost key.
+
+        Parameters
+        ----------
+        table : dict
+            The engine's estimates (seconds) by cost key.
+        threshold : float
+            Seconds above which a task is worth a pool worker.
+        """
         for p in self.compute:
             key = self.cost_keys[p]
             if key is not None and key in table:
@@ -193,7 +227,19 @@ class Plan:
 
         ``pooled`` durations were measured in pool threads, where a kernel also waits
         for the GIL while the driving thread runs cheap tasks: they may only lower an
-        estimate, never raise it (the next timed walk on the driving thread will)."""
+        estimate, never raise it (the next timed walk on the driving thread will).
+
+        Parameters
+        ----------
+        durations : dict of int to float
+            Seconds measured per task position on the driving thread.
+        table : dict
+            The engine's estimates by cost key, updated too.
+        threshold : float
+            Seconds above which a task is worth a pool worker.
+        pooled : dict of int to float, optional
+            Seconds measured per task position in pool threads.
+        """
         estimates, cost_keys, samples = self.estimates, self.cost_keys, self.samples
         for p, seconds in durations.items():
             # updated_estimate, inlined: this loop runs over every task of a learning run
@@ -211,7 +257,13 @@ class Plan:
 
     def reclassify(self, threshold: float) -> None:
         """Mark the tasks worth a hand-off to the pool (with ``threshold`` 0, all of
-        them), and decide whether the pool is worth using at all (``use_pool``)."""
+        them), and decide whether the pool is worth using at all (``use_pool``).
+
+        Parameters
+        ----------
+        threshold : float
+            Seconds above which a task is worth a pool worker.
+        """
         self.expensive = [threshold == 0 or (e is not None and e > threshold and k >= 2)
                           for e, k in zip(self.estimates, self.samples)]
         self.any_expensive = any(self.expensive)

@@ -77,7 +77,37 @@ WHAT_IF_WORKERS = (1, 2, 4, 8, 16)
 
 class NodeRecord(NamedTuple):
     """One executed node. Times are ``time.perf_counter()`` seconds (absolute; subtract
-    ``RunProfile.started`` for times since the run began)."""
+    ``RunProfile.started`` for times since the run began).
+
+    Attributes
+    ----------
+    position : int
+        The node's position in the plan (its scheduling priority: lower first).
+    node : hashable
+        The graph node, or the key of a plain task graph.
+    name, op : str
+        The node's name and op.
+    worker : str
+        The thread name, ``"process-<pid>"`` or dask worker that ran it.
+    ready : float
+        When its last computed parent finished (the run's start for roots).
+    start, end : float
+        When it started and ended.
+    nbytes : int
+        Output size: ``ndarray.nbytes``, else an ``nbytes`` attribute, else getsizeof.
+    shape : tuple or None
+        Output shape, when the output has one.
+    dtype : str or None
+        Output dtype, when the output has one.
+    input_shapes : tuple
+        Shape of each argument, in argument order: measured for computed inputs and
+        literals, the static shape (``None`` for unknown dims) for fed inputs, ``None``
+        if unknown.
+    parents : tuple of int
+        Plan positions of the computed parents that ran in this run.
+    fetched : bool
+        The value was a fetch (it stays alive to the end of the run).
+    """
 
     position: int  # the node's position in the plan (its scheduling priority: lower first)
     node: Hashable  # the graph node, or the key of a plain task graph
@@ -98,6 +128,7 @@ class NodeRecord(NamedTuple):
 
     @property
     def duration(self) -> float:
+        """Seconds the node ran: ``end - start``."""
         return self.end - self.start
 
     @property
@@ -107,7 +138,28 @@ class NodeRecord(NamedTuple):
 
 
 class RunProfile:
-    """The profile of one run: its records and every analysis of them."""
+    """The profile of one run: its records and every analysis of them.
+
+    Made by :class:`Profiler` when a run finishes (``prof.runs``, ``prof.last``).
+    Properties are the run's recorded facts; methods analyse the records.
+
+    Parameters
+    ----------
+    raw : list of tuple
+        The hooks' per-node tuples (records are built from them on first use).
+    plan : Plan
+        The plan that ran.
+    started, finished : float
+        ``time.perf_counter()`` at the run's start and at its ``finish`` hook.
+    executor : str
+        The executor's name.
+    pool_workers : int
+        The engine's pool size (0 for the inline executor).
+    driver : str
+        The name of the thread that drove the run.
+    error : str or None
+        ``repr`` of the error that ended the run, if any.
+    """
 
     def __init__(self, raw: list[tuple], plan: Plan, started: float, finished: float,
                  executor: str, pool_workers: int, driver: str, error: str | None):
@@ -173,7 +225,22 @@ class RunProfile:
         return list(self._workers)
 
     def record(self, node: Hashable) -> NodeRecord:
-        """The record of ``node`` (a graph node or a task key)."""
+        """The record of one node.
+
+        Parameters
+        ----------
+        node : hashable
+            A graph node or a task key.
+
+        Returns
+        -------
+        NodeRecord
+
+        Raises
+        ------
+        KeyError
+            If the node did not run in this run.
+        """
         for r in self.records:
             if r.node is node or r.node == node:
                 return r
@@ -211,9 +278,19 @@ class RunProfile:
         return math.fsum(r.end - r.start for r in self.critical_path())
 
     def utilization(self, workers: int | None = None) -> float:
-        """Busy worker-time / (``workers`` x wall time), clipped to [0, 1]. ``workers``
-        defaults to the number of distinct workers that ran something (the driving
-        thread counts when it ran nodes inline)."""
+        """Busy worker-time / (``workers`` x wall time), clipped to [0, 1].
+
+        Parameters
+        ----------
+        workers : int, optional
+            The number of workers to divide by; by default the number of distinct
+            workers that ran something (the driving thread counts when it ran nodes
+            inline).
+
+        Returns
+        -------
+        float
+        """
         k = len(self.workers) if workers is None else workers
         if k < 1:
             raise ValueError(f"workers must be positive, got {workers!r}")
@@ -233,6 +310,16 @@ class RunProfile:
 
         ``simulate(1)`` is the sum of the durations; for ``workers`` at least the
         graph's width it is the critical path time.
+
+        Parameters
+        ----------
+        workers : int
+            The number of virtual workers.
+
+        Returns
+        -------
+        float
+            The predicted makespan in seconds.
 
         Accuracy, measured on a 2-core machine (tests/test_profiler.py,
         ``test_simulate_matches_real_runs``): on a wide graph of 20 ms sleep tasks,
@@ -321,6 +408,12 @@ class RunProfile:
         return timeline
 
     def peak_live_bytes(self) -> int:
+        """The most bytes of computed values alive at once (see :meth:`live_bytes`).
+
+        Returns
+        -------
+        int
+        """
         return max(n for _, n in self.live_bytes())
 
     # -- Chrome trace ----------------------------------------------------------------------
@@ -389,7 +482,18 @@ class RunProfile:
         opens in https://ui.perfetto.dev and chrome://tracing: one track per worker, one
         complete event per node (args: op, input and output shapes, dtype, nbytes, queue
         wait), flow arrows from each parent to its children, and a "live bytes" counter.
-        Timestamps are microseconds since the run's start. Returns the path."""
+        Timestamps are microseconds since the run's start.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The JSON file to write.
+
+        Returns
+        -------
+        str
+            The path written.
+        """
         path = os.fspath(path)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(self.chrome_trace(), f)
@@ -397,8 +501,20 @@ class RunProfile:
 
     # -- summary -----------------------------------------------------------------------------
     def summary(self, top: int = 10) -> str:
-        """A terminal-readable report: totals, a table by op, the ``top`` slowest nodes,
-        queue wait statistics, scheduler overhead and what-if predictions."""
+        """A terminal-readable report of the run.
+
+        Totals, a table by op, the slowest nodes, queue wait statistics, scheduler
+        overhead and what-if predictions (:meth:`simulate`).
+
+        Parameters
+        ----------
+        top : int, default 10
+            How many of the slowest nodes to list.
+
+        Returns
+        -------
+        str
+        """
         recs = self.records
         wall, busy = self.wall_time, self.busy_time
         workers = self.workers
@@ -478,6 +594,15 @@ class RunProfile:
         return "\n".join(lines)
 
     def print_summary(self, top: int = 10, file: Any = None) -> None:
+        """Print :meth:`summary`.
+
+        Parameters
+        ----------
+        top : int, default 10
+            How many of the slowest nodes to list.
+        file : file-like, optional
+            Where to print; standard output by default.
+        """
         print(self.summary(top), file=file)
 
     # -- Gantt chart ---------------------------------------------------------------------------
@@ -486,7 +611,22 @@ class RunProfile:
         """Draw a Gantt chart: a lane per worker, a bar per node colored by op (legend),
         critical path nodes outlined in black. PNG or SVG (or any format matplotlib
         knows) by the file's extension. Needs matplotlib (the ``profile`` extra); it
-        draws off-screen and touches no global pyplot state. Returns the path."""
+        draws off-screen and touches no global pyplot state.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The image to write.
+        title : str, optional
+            The chart's title; a line of key figures by default.
+        max_ops_in_legend : int, default 16
+            The busiest ops get their own colour and legend entry; the rest are grey.
+
+        Returns
+        -------
+        str
+            The path written.
+        """
         try:
             from matplotlib.figure import Figure
             from matplotlib.patches import Patch
@@ -571,9 +711,27 @@ class RunProfile:
 
 class Profiler(Callback):
     """Records every executed node of the runs it is passed to (see the module
-    docstring). Keeps the last ``history`` runs in ``runs`` (oldest first; ``None``
-    keeps all); ``records`` and the analysis methods refer to the last finished run.
-    One profiler may watch several runs at once (each run's hooks are matched to it)."""
+    docstring). Keeps the last ``history`` runs in ``runs`` (oldest first);
+    ``records`` and the analysis methods refer to the last finished run. One profiler
+    may watch several runs at once (each run's hooks are matched to it). In Jupyter a
+    profiler shows its last run's Gantt chart and summary.
+
+    Parameters
+    ----------
+    history : int or None, default 10
+        How many finished runs to keep; ``None`` keeps all.
+
+    Examples
+    --------
+    >>> import numpy as np, dataflow as df, scheduler
+    >>> with df.Graph():
+    ...     x = df.placeholder("x", (3,))
+    ...     y = df.sum(df.tanh(x))
+    >>> prof = scheduler.Profiler()
+    >>> _ = scheduler.run(y, {x: np.ones(3)}, executor="inline", callbacks=[prof])
+    >>> sorted(r.op for r in prof.records)
+    ['sum', 'tanh']
+    """
 
     def __init__(self, history: int | None = 10):
         if history is not None and history < 1:
@@ -641,22 +799,27 @@ class Profiler(Callback):
         return self.runs[-1].records if self.runs else []
 
     def clear(self) -> None:
+        """Forget every kept run."""
         self.runs.clear()
 
     @property
     def started(self) -> float:
+        """``time.perf_counter()`` when the last run began."""
         return self.last.started
 
     @property
     def wall_time(self) -> float:
+        """Seconds from the last run's start to its ``finish`` hook."""
         return self.last.wall_time
 
     @property
     def busy_time(self) -> float:
+        """Sum of the last run's node durations (worker-seconds spent in kernels)."""
         return self.last.busy_time
 
     @property
     def workers(self) -> list[str]:
+        """Distinct workers that ran something in the last run, the driver first."""
         return self.last.workers
 
     def record(self, node: Hashable) -> NodeRecord:
@@ -695,8 +858,9 @@ class Profiler(Callback):
     def print_summary(self, top: int = 10, file: Any = None) -> None:
         self.last.print_summary(top, file)
 
-    def plot_gantt(self, path: str | os.PathLike, **kwargs: Any) -> str:
-        return self.last.plot_gantt(path, **kwargs)
+    def plot_gantt(self, path: str | os.PathLike, *, title: str | None = None,
+                   max_ops_in_legend: int = 16) -> str:
+        return self.last.plot_gantt(path, title=title, max_ops_in_legend=max_ops_in_legend)
 
     def _repr_html_(self) -> str:
         """Jupyter view of the last run (see :meth:`RunProfile._repr_html_`)."""
@@ -705,9 +869,9 @@ class Profiler(Callback):
         return self.last._repr_html_()
 
     # Keep RunProfile's docstrings on the delegating methods.
-    for _name in ("critical_path", "critical_path_time", "utilization", "simulate",
-                  "scheduler_overhead", "live_bytes", "chrome_trace", "to_chrome_trace",
-                  "summary", "plot_gantt"):
+    for _name in ("record", "critical_path", "critical_path_time", "utilization", "simulate",
+                  "scheduler_overhead", "live_bytes", "peak_live_bytes", "chrome_trace",
+                  "to_chrome_trace", "summary", "print_summary", "plot_gantt"):
         locals()[_name].__doc__ = getattr(RunProfile, _name).__doc__
     del _name
 

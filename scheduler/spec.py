@@ -44,6 +44,23 @@ class TaskSpec(NamedTuple):
       arg has the result's shape and dtype. The engine does so only when that value
       dies at this task and nothing else holds it (TensorFlow forwards input buffers
       to outputs alike); the result is the same, bit for bit, minus an allocation.
+
+    Attributes
+    ----------
+    kernel : callable or None
+        The function to call, or ``None`` for a literal or a fed value.
+    deps : tuple
+        Keys (or literal arguments) whose values are the kernel's arguments.
+    name, op : str
+        The task's name and op, for messages and profiles.
+    value : object
+        A literal's value; ``NO_VALUE`` for computed and fed tasks.
+    cost_key : hashable
+        Groups tasks of alike durations for the cost model.
+    check_feed : callable or None
+        Validates and converts a fed value.
+    reusable : tuple of int
+        Args whose buffer the kernel may write its result into.
     """
 
     kernel: Callable[..., Any] | None
