@@ -62,6 +62,8 @@ def _members(cls: type) -> Iterator[tuple[str, Any]]:
 
 
 def is_op_function(obj: Any) -> bool:
+    """Functions defined in ``dataflow/ops/*.py``: the op functions and the methods of
+    the op classes there, documented with the op library."""
     return inspect.isfunction(obj) and obj.__module__.startswith("dataflow.ops")
 
 
@@ -181,12 +183,13 @@ def test_there_are_public_names_to_check():
 
 
 def test_public_api_has_numpy_style_docstrings():
-    """Every public name except the op functions of ``dataflow.ops``."""
+    """Every public name except the functions of ``dataflow/ops/*.py``."""
     failures = check(lambda obj: not is_op_function(obj))
     assert not failures, report(failures)
 
 
 def test_op_functions_have_numpy_style_docstrings():
+    """The op library: op functions and op-class methods of ``dataflow/ops/*.py``."""
     failures = check(is_op_function)
     assert not failures, report(failures)
 
