@@ -16,7 +16,7 @@ order they happen to be produced, so equal graphs give bitwise equal results.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -46,9 +46,16 @@ def _as_list(value: Any, what: str) -> tuple[list, bool]:
                      f"got {type(value).__name__}")
 
 
+@overload
+def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node], grad_ys: Any = None, *,
+              unconnected: Literal["zero", "raise"] = "zero",
+              checkpoints: Any = None) -> list[Node]: ...
+@overload
+def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node], grad_ys: Any = None, *,
+              unconnected: str, checkpoints: Any = None) -> list[Node | None]: ...
 def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
               grad_ys: Any = None, *, unconnected: str = "zero",
-              checkpoints: Any = None) -> list[Node | None]:
+              checkpoints: Any = None) -> list[Node | None] | list[Node]:
     """The gradient of ``sum(ys)`` with respect to each of ``xs``, as new nodes.
 
     Back-propagation as graph construction (algorithms 6.5/6.6 of *Deep Learning*):
@@ -238,6 +245,11 @@ def _check_gradient_shape(node: Node, parent: Node, g: Node) -> None:
         )
 
 
+@overload
+def grad(y: Node, x: Node, grad_y: Any = None, *,
+         unconnected: Literal["zero", "raise"] = "zero") -> Node: ...
+@overload
+def grad(y: Node, x: Node, grad_y: Any = None, *, unconnected: str) -> Node | None: ...
 def grad(y: Node, x: Node, grad_y: Any = None, *, unconnected: str = "zero") -> Node | None:
     """The gradient of one ``y`` with respect to one ``x``: :func:`gradients` for one.
 

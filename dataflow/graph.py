@@ -341,7 +341,7 @@ class Node:
     Nodes are made by op functions (``df.placeholder``, ``df.tanh``, ...), never
     directly; in Jupyter a node shows as a drawing of itself and its ancestors.
 
-    Parameters
+    Attributes
     ----------
     graph : Graph
         The graph the node belongs to.

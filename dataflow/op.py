@@ -39,7 +39,7 @@ Custom ops are code: graph files can only name built-in ops, never load user cod
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -84,6 +84,11 @@ class Op:
     #: comparisons): ``gradients`` then does not walk past the op at all, so an op
     #: without a bprop upstream of it (``f(stop_gradient(x))``) is never asked for one.
     stops_gradient: ClassVar[bool] = False
+
+    if TYPE_CHECKING:
+        # The attributes named in ``attr_names`` are set per instance by ``__init__``;
+        # for the type checker they are attributes of any type.
+        def __getattr__(self, name: str) -> Any: ...
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -384,7 +389,7 @@ def custom_op(name: str, forward: Callable[..., Any],
             return bprop(inputs, output, grad)
 
         namespace["bprop"] = _bprop
-    cls = type(f"CustomOp[{name}]", (Op,), namespace)
+    cls: type[Op] = type(f"CustomOp[{name}]", (Op,), namespace)
     cls.builtin = False
     op = cls()
 

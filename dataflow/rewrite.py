@@ -168,7 +168,7 @@ def plan_rewrite(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[li
     redone without the rewrites that drop dependencies (``x * 0``, dropped zero terms).
     Fed keys that the fetches never needed are left out (the plan ignores them anyway).
     """
-    identity = (list(fetch_keys), list(fed_keys), {})
+    identity: tuple[list, list, dict] = (list(fetch_keys), list(fed_keys), {})
     keys = [*fetch_keys, *fed_keys]
     if not fetch_keys or not all(isinstance(k, Node) for k in keys):
         return identity
@@ -427,9 +427,9 @@ class _Builder:
 
     def _fold(self, op: Op, inputs: tuple[Node, ...], shape: tuple, dtype: np.dtype,
               name: str | None) -> Node | None:
-        if not inputs or not is_known(shape):
+        size = product(shape)  # None when a dimension is unknown
+        if not inputs or size is None:
             return None
-        size = product(shape)
         if size > self.fold_limit or (size > SMALL and size > max(i.op.value.size for i in inputs)):
             return None
         try:
@@ -446,9 +446,10 @@ class _Builder:
         return self._constant(value, name)
 
     def _zeros(self, shape: tuple, dtype: np.dtype) -> Node | None:
-        if not is_known(shape):
+        size = product(shape)  # None when a dimension is unknown
+        if size is None:
             return None
-        if product(shape) <= SMALL:
+        if size <= SMALL:
             return self._constant(np.zeros(shape, dtype))
         return self.build(BroadcastTo(shape=shape), (self._constant(np.zeros((), dtype)),))
 

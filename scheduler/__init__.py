@@ -11,6 +11,8 @@ parents' values exist, on a pluggable executor, with hooks for profiling.
 It knows nothing about derivatives; ``dataflow`` uses it to run graphs.
 """
 
+from typing import Any
+
 from .callbacks import Callback, RunInfo, TaskRecord
 from .engine import Engine, get, run
 from .errors import (
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # dask is optional: DaskExecutor (scheduler/dask_executor.py) is imported on first use.
     if name == "DaskExecutor":
         from .dask_executor import DaskExecutor

@@ -65,7 +65,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 try:  # wrapping the graph ourselves, with its token given, saves tokenizing it per run
     from dask._expr import LLGExpr
 except ImportError:  # pragma: no cover - older dask: client.get wraps (and tokenizes) it
-    LLGExpr = None
+    LLGExpr = None  # type: ignore[misc,assignment]
 
 
 __all__ = ["DaskExecutor", "RemoteValue"]
@@ -202,11 +202,11 @@ class _Chain:
                 if entries is not None:
                     entries.append((p, start, end, *_describe_value(value)))
                 previous = value
-                args = value = None  # let the chain's intermediate values die early
+                args = value = None  # type: ignore[assignment]  # let the chain's intermediate values die early
         finally:
             if entries:
                 worker = _worker_address()
-                _store_records(record, [(*e[:3], worker, *e[3:]) for e in entries])
+                _store_records(record, [(*e[:3], worker, *e[3:]) for e in entries])  # type: ignore[arg-type]
         return previous
 
 

@@ -732,7 +732,7 @@ class _Run:
             self.pooled_durations[p] = end - start
         if self.callbacks:
             record = TaskRecord(p, plan.keys[p], plan.names[p], plan.ops[p], worker,
-                                self.ready_at[p], start, end, value)
+                                self.ready_at[p], start, end, value)  # type: ignore[index]
             for cb in self.callbacks:
                 cb.posttask(self.info, record)
         pending = self.pending
@@ -754,7 +754,7 @@ class _Run:
             cb.pretask(self.info, p)
         start = time.perf_counter()
         try:
-            value = plan.kernels[p](*[values[a] for a in plan.args[p]])
+            value = plan.kernels[p](*[values[a] for a in plan.args[p]])  # type: ignore[misc]
         except Exception as exc:
             self.error = (p, exc)
             return
@@ -835,7 +835,7 @@ class _Run:
         for before, q in zip(chain, chain[1:]):
             args = plan.args[q]
             slots = tuple(i for i, a in enumerate(args) if a == before)
-            steps.append((plan.kernels[q], tuple(None if a == before else values[a] for a in args),
+            steps.append((plan.kernels[q], tuple(None if a == before else values[a] for a in args),  # type: ignore[arg-type]
                           slots))
         return steps
 

@@ -103,8 +103,8 @@ class Plan:
             if len(deps) == 1:
                 args = parents = (position[deps[0]],)
             else:
-                args = tuple([position[d] for d in deps])
-                parents = tuple(dict.fromkeys(args)) if len(set(args)) < len(args) else args
+                args = tuple([position[d] for d in deps])  # type: ignore[assignment]
+                parents = tuple(dict.fromkeys(args)) if len(set(args)) < len(args) else args  # type: ignore[assignment]
             self.args.append(args)
             self.parents.append(parents)
             key = order[p]
@@ -140,7 +140,7 @@ class Plan:
         #: write its result into (it dies at this step and is computed, not fed), or -1
         kernels, args_, dies_ = self.kernels, self.args, self.dies_after
         self.steps: list[tuple[int, Callable[..., Any], tuple[int, ...], tuple[int, ...], int]] = [
-            (p, kernels[p], args_[p], dies_[p], _donor(specs[p], args_[p], dies_[p], is_source))
+            (p, kernels[p], args_[p], dies_[p], _donor(specs[p], args_[p], dies_[p], is_source))  # type: ignore[misc]
             for p in compute
         ]
 

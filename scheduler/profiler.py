@@ -186,7 +186,7 @@ class RunProfile:
     @property
     def records(self) -> list[NodeRecord]:
         """One record per executed node, in finishing order."""
-        if self._raw is not None:
+        if self._raw is not None and self._plan is not None:
             self._records = _build_records(self._plan, self._raw)
             self._by_position = {r.position: r for r in self._records}
             self._raw = self._plan = None
@@ -265,10 +265,10 @@ class RunProfile:
             via[p] = best_q
         last = max(longest, key=lambda p: (longest[p], -p))
         path = []
-        p: int | None = last
-        while p is not None:
-            path.append(by_pos[p])
-            p = via[p]
+        step: int | None = last
+        while step is not None:
+            path.append(by_pos[step])
+            step = via[step]
         path.reverse()
         return path
 
@@ -741,7 +741,7 @@ class Profiler(Callback):
         self._active: dict[int, tuple[RunInfo, list, str]] = {}
         # (run, its raw list) of the latest run started: one attribute, read atomically,
         # so that a concurrent start cannot pair one run with another's list.
-        self._latest: tuple[RunInfo | None, list | None] = (None, None)
+        self._latest: tuple[RunInfo | None, list] = (None, [])
 
     def __repr__(self) -> str:
         last = f", last: {self.runs[-1]!r}" if self.runs else ""
@@ -775,7 +775,7 @@ class Profiler(Callback):
         with self._lock:
             entry = self._active.pop(id(run), None)
             if self._latest[0] is run:
-                self._latest = (None, None)
+                self._latest = (None, [])
         if entry is None:
             return
         _, raw, driver = entry
@@ -970,7 +970,7 @@ def _build_records(plan: Plan, raw: list) -> list[NodeRecord]:
     keys, names, ops, args, parents, keep = (plan.keys, plan.names, plan.ops, plan.args,
                                              plan.parents, plan.keep)
     source_shapes: dict[int, tuple | None] = {}
-    dtype_names: dict[Any, str | None] = {None: None}
+    dtype_names: dict[Any, Any] = {None: None}
     make = NodeRecord
     records = []
     for p, worker, ready, start, end, nbytes, shape, dtype in raw:
