@@ -58,6 +58,9 @@ PAD_X, PAD_Y = 5.0, 3.0  # inside a box, points
 GAP_X, GAP_Y = 14.0, 26.0  # between boxes in a layer, between layers
 SLOT_WIDTH = 6.0  # the room an edge takes where it crosses a layer
 MARGIN = 12.0
+#: an edge spanning several layers reserves a slot in each; beyond this many slots in
+#: all (a huge graph with many long edges) edges are drawn straight instead
+MAX_EDGE_SLOTS = 20000
 LEGEND_HEIGHT = 22.0
 
 
@@ -273,9 +276,12 @@ def layered_layout(nodes: Sequence[Node], *, fed: Iterable[Node] = (),
     succ: list[list[int]] = [[] for _ in nodes]
     pred: list[list[int]] = [[] for _ in nodes]
     chains: list[list[int]] = []  # vertex chain of each edge, parent to child
-    for parent, child in _edges(nodes):
+    edges = _edges(nodes)
+    route = sum(layer[index[c.id]] - layer[index[p.id]] - 1 for p, c in edges) <= MAX_EDGE_SLOTS
+    for parent, child in edges:
         chain = [index[parent.id]]
-        for k in range(layer[index[parent.id]] + 1, layer[index[child.id]]):
+        spanned = range(layer[index[parent.id]] + 1, layer[index[child.id]]) if route else ()
+        for k in spanned:
             slot = len(layer)
             layer.append(k)
             width.append(SLOT_WIDTH)

@@ -269,3 +269,20 @@ def test_large_profile_renders_as_key_figures(monkeypatch):
     monkeypatch.setattr(profiler, "MAX_DRAWN_RECORDS", 1)
     page = prof._repr_html_()
     assert "<svg" not in page and "Too many nodes" in page and "critical path" in page
+
+
+def test_many_long_edges_are_drawn_straight(monkeypatch):
+    # a huge graph must not reserve a slot per layer for every long edge
+    with df.Graph():
+        x = df.placeholder("x", (2,))
+        y = x
+        for _ in range(12):
+            y = df.tanh(y) + x  # x feeds every layer: long edges
+    nodes = y.graph.nodes
+    routed = visualize.layered_layout(nodes)
+    assert max(len(points) for points in routed.edges) > 2
+    monkeypatch.setattr(visualize, "MAX_EDGE_SLOTS", 5)
+    straight = visualize.layered_layout(nodes)
+    assert max(len(points) for points in straight.edges) == 2
+    boxes = [(b.node.name, *b.bounds) for b in straight.boxes]
+    assert overlapping(boxes) == []
