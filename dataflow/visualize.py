@@ -343,17 +343,17 @@ def layered_layout(nodes: Sequence[Node], *, fed: Iterable[Node] = (),
     shift = MARGIN - left
     boxes = [Box(n, labels[i], roles[n.id], x[i] + shift, y[i], width[i], height[i])
              for i, n in enumerate(nodes)]
-    edges = []
+    polylines = []
     for chain in chains:
         a, b = chain[0], chain[-1]
         points = [(x[a] + shift, y[a] + height[a] / 2)]
         points += [(x[v] + shift, y[v]) for v in chain[1:-1]]
         points.append((x[b] + shift, y[b] - height[b] / 2))
-        edges.append(points)
+        polylines.append(points)
     legend_width = 3 * 70.0
     total_width = max(right - left, legend_width) + 2 * MARGIN
     total_height = top - GAP_Y + MARGIN if rows else top + MARGIN
-    return LayeredLayout(boxes, edges, total_width, total_height, depth, font_size, title)
+    return LayeredLayout(boxes, polylines, total_width, total_height, depth, font_size, title)
 
 
 def _barycentre(v: int, neighbours: list[list[int]], order: list[int]) -> float:
