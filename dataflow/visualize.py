@@ -27,7 +27,7 @@ import io
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -64,14 +64,14 @@ MAX_EDGE_SLOTS = 20000
 LEGEND_HEIGHT = 22.0
 
 
-def node_role(node: Node, fed_ids: Iterable[int] = ()) -> str:
+def node_role(node: Node, fed_ids: Container[int] = ()) -> str:
     """``"fed"``, ``"gradient"`` or ``"forward"``: what the node is in its graph.
 
     Parameters
     ----------
     node : Node
         The node to classify.
-    fed_ids : iterable of int, optional
+    fed_ids : container of int, optional
         Ids of nodes that are fed in the run being pictured (placeholders always are).
 
     Returns
@@ -82,7 +82,7 @@ def node_role(node: Node, fed_ids: Iterable[int] = ()) -> str:
         ``grad/`` (or ``gradients/``) scope, which is what survives a saved file;
         ``"forward"`` otherwise.
     """
-    if node.op.name == "placeholder" or node.id in set(fed_ids):
+    if node.op.name == "placeholder" or node.id in fed_ids:
         return FED
     if node.graph.is_gradient(node) or node.name.split("/", 1)[0] in GRADIENT_SCOPES:
         return GRADIENT
