@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint bench bench-anchors stress clean
+.PHONY: demo test install lint docs bench bench-anchors stress clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ test: install
 
 lint: install
 	$(BIN)/ruff check dataflow scheduler tests examples benchmarks.py
+	$(BIN)/mypy
+
+# The API reference, built from the docstrings: docs/_build/html/index.html
+docs: install
+	$(BIN)/pip install -q -e '.[docs]'
+	$(BIN)/sphinx-build -q -b html docs docs/_build/html
+	@echo "API reference: docs/_build/html/index.html"
 
 bench: install
 	$(BIN)/pip install -q -e '.[bench]'
@@ -36,4 +43,4 @@ stress: install
 	STRESS=1 $(BIN)/python -m pytest -q -m "slow or not slow" tests
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info docs/_build

@@ -1,5 +1,5 @@
 """dataflow: build a static graph of numpy ops, add its gradients as more nodes of the
-same graph (symbol-to-symbol back-propagation), and run it with ``scheduler``.
+same graph (symbol-to-symbol back-propagation), and run it with ``scheduler``::
 
     import dataflow as df, scheduler
     with df.Graph():

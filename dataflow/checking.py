@@ -29,9 +29,38 @@ class GradientCheckError(AssertionError):
 def check_grads(fn: Callable[..., Node], args: Sequence[Any], order: int = 2, *,
                 eps: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-7,
                 full_limit: int = 64, directions: int = 4, seed: int = 0) -> None:
-    """Check the gradients of ``fn`` (which builds a node from one node per arg) at
-    ``args`` up to ``order``. Raises ``GradientCheckError`` describing the worst
-    mismatch. ``full_limit`` bounds the sizes for which full Jacobians are compared."""
+    """Check the gradients of ``fn`` at ``args`` against finite differences.
+
+    Central differences in float64; full Jacobians for small shapes, ``v^T J u`` in
+    random directions for large ones; order ``k`` checks the gradient of
+    ``<gradient of order k - 1, v>``. Gradients computed twice must be bitwise equal.
+
+    Parameters
+    ----------
+    fn : callable
+        Builds a node from one placeholder node per entry of ``args``.
+    args : sequence of array_like
+        The point to check at (converted to float64).
+    order : int, default 2
+        The highest derivative order to check.
+    eps : float, default 1e-6
+        The finite-difference step.
+    rtol, atol : float, default 1e-5, 1e-7
+        Tolerances of the comparison.
+    full_limit : int, default 64
+        Largest input/output size for which full Jacobians are compared.
+    directions : int, default 4
+        Random directions compared above ``full_limit``.
+    seed : int, default 0
+        Seed of the private generator of directions.
+
+    Raises
+    ------
+    GradientCheckError
+        Describing the worst mismatch (a subclass of ``GradientError``).
+    TypeError
+        If ``fn`` does not return a node.
+    """
     import scheduler
 
     if order < 1:

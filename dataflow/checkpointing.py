@@ -253,7 +253,7 @@ class Recomputer:
                 # A first copy of its segment: it waits for the backward pass (see above).
                 slot = next((i for i, p in enumerate(inputs) if not isinstance(p.op, Constant)), 0)
                 inputs[slot] = self._gate(inputs[slot], grad)
-            name = f"{node.name}/recomputed"
+            name: str | None = f"{node.name}/recomputed"
             if name in node.graph._names:
                 name = None
             copies[node_id] = apply(node.op, *inputs, name=name)

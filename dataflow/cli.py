@@ -4,6 +4,7 @@ the benchmark suite. Mistakes in user input print one line and exit with status 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -261,11 +262,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
             print(text, end="")
     else:
         out = args.out or f"graph.{args.format}"
+        if os.path.splitext(out)[1].lower() != f".{args.format}":
+            raise UsageError(f"--out {out} does not end in .{args.format}")
         try:
-            draw_graph(graph, out)
+            # graphviz's layout when the dot program is installed, else the layered one
+            graph.visualize(out)
         except ImportError as exc:
-            raise UsageError(f"drawing a graph needs matplotlib ({exc}): "
-                             "pip install 'dataflow-graph-engine[profile]'") from None
+            raise UsageError(f"drawing a graph needs graphviz or matplotlib ({exc}): "
+                             "pip install 'dataflow-graph-engine[viz]'") from None
         print(f"wrote {out}")
     return 0
 
@@ -417,30 +421,6 @@ def graph_summary(graph: Any) -> str:
     for op, count in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  {op.ljust(width)}  {count}")
     return "\n".join(lines)
-
-
-def draw_graph(graph: Any, path: str) -> None:
-    """Draw the graph with matplotlib (layered left to right by depth)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import networkx as nx
-
-    g = graph.to_networkx()
-    depth: dict[str, int] = {}
-    for node in graph.nodes:
-        depth[node.name] = 1 + max((depth[p.name] for p in node.inputs), default=-1)
-    for name, d in depth.items():
-        g.nodes[name]["layer"] = d
-    pos = nx.multipartite_layout(g, subset_key="layer")
-    size = max(6, min(40, len(graph) ** 0.5 * 2))
-    fig, ax = plt.subplots(figsize=(size, size * 0.6))
-    nx.draw_networkx(g, pos, ax=ax, node_size=300, font_size=6, arrows=True,
-                     labels={n: f"{n}\n{g.nodes[n]['op']}" for n in g.nodes})
-    ax.set_axis_off()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,14 @@ order they happen to be produced, so equal graphs give bitwise equal results.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
 from scheduler.plan import gc_paused
 
 from .errors import GradientError, GraphError, ShapeError
-from .graph import Node
+from .graph import Node, building_gradients
 from .ops import add_n, cast, constant, ones_like, reshape, stack, zeros_like
 from .shapes import fmt, is_known, same_or_unknown
 
@@ -46,25 +46,65 @@ def _as_list(value: Any, what: str) -> tuple[list, bool]:
                      f"got {type(value).__name__}")
 
 
+@overload
+def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node], grad_ys: Any = None, *,
+              unconnected: Literal["zero", "raise"] = "zero",
+              checkpoints: Any = None) -> list[Node]: ...
+@overload
+def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node], grad_ys: Any = None, *,
+              unconnected: str, checkpoints: Any = None) -> list[Node | None]: ...
 def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
               grad_ys: Any = None, *, unconnected: str = "zero",
-              checkpoints: Any = None, name: str = "gradients") -> list[Node | None]:
-    """The gradient of ``sum(ys)`` (each y weighted by its ``grad_ys`` entry) with
-    respect to each of ``xs``, as new nodes in the same graph.
+              checkpoints: Any = None, name: str = "gradients") -> list[Node | None] | list[Node]:
+    """The gradient of ``sum(ys)`` with respect to each of ``xs``, as new nodes.
+
+    Back-propagation as graph construction (algorithms 6.5/6.6 of *Deep Learning*):
+    nothing runs; the returned nodes join the graph of ``ys`` and can be fetched,
+    saved, simplified or differentiated again. Integer-typed nodes carry no gradient.
 
     Each result that this call builds is named after the node it differentiates:
     ``grad/W1`` for ``W1`` (``grad/W1_1`` for a second gradient of ``W1``, and so on);
     the nodes it builds on the way are named under the scope ``name`` (``gradients/...``,
     then ``gradients_1/...`` for the next call; see ``Graph.name_scope``).
 
-    ``grad_ys`` defaults to ones shaped like each y. ``unconnected`` says what an x that
-    the ys do not depend on gets: ``"zero"`` (zeros shaped like x), ``"none"`` or
-    ``"raise"`` (``GradientError``).
+    Parameters
+    ----------
+    ys : Node or sequence of Node
+        The values to differentiate; their sum (each weighted by ``grad_ys``) is.
+    xs : Node or sequence of Node
+        The nodes to differentiate with respect to.
+    grad_ys : array_like, Node or sequence of them, optional
+        One seed per y, shaped like it (the gradient flowing into y); ones by default.
+    unconnected : {"zero", "none", "raise"}, default "zero"
+        What an x that the ys do not depend on gets: zeros shaped like x, ``None``, or
+        a ``GradientError``.
+    checkpoints : None, "auto" or sequence of Node, optional
+        Gradient checkpointing: the bprops see recomputed copies of the forward values,
+        rebuilt from the checkpoints late in the backward pass, so that the forward
+        values between checkpoints need not stay alive (see ``dataflow.checkpointing``).
 
-    ``checkpoints`` (``None``, ``"auto"`` or a list of nodes) turns on gradient
-    checkpointing: the bprops see recomputed copies of the forward values, rebuilt
-    from the checkpoints late in the backward pass, so that the forward values between
-    checkpoints need not stay alive (see ``dataflow.checkpointing``).
+    Returns
+    -------
+    list of Node or None
+        One per x, shaped like it (``None`` only with ``unconnected="none"``).
+
+    Raises
+    ------
+    GradientError
+        If the path from an x to the ys passes an op without a bprop (the message
+        names it), or an x is unconnected under ``unconnected="raise"``.
+    GraphError
+        If the nodes come from different graphs.
+
+    Examples
+    --------
+    >>> import dataflow as df
+    >>> with df.Graph():
+    ...     w = df.placeholder("w", (3,))
+    ...     loss = df.sum(df.square(w))
+    ...     (gw,) = df.gradients(loss, [w])
+    >>> gw.shape
+    (3,)
     """
     if unconnected not in UNCONNECTED:
         raise ValueError(f"gradients: unconnected must be one of {UNCONNECTED}, "
@@ -82,7 +122,7 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
     # rescan the growing graph many times for nothing (a third of the time on a
     # 100,000-node chain, and the time would no longer grow linearly).
     first_new = graph._next_id
-    with gc_paused(), graph.name_scope(name):
+    with gc_paused(), building_gradients(), graph.name_scope(name):
         results = _backprop(y_list, x_list, grad_ys, unconnected, checkpoints)
     _name_results(x_list, results, first_new)
     return results
@@ -224,10 +264,34 @@ def _check_gradient_shape(node: Node, parent: Node, g: Node) -> None:
         )
 
 
+@overload
+def grad(y: Node, x: Node, grad_y: Any = None, *,
+         unconnected: Literal["zero", "raise"] = "zero", name: str | None = None) -> Node: ...
+@overload
+def grad(y: Node, x: Node, grad_y: Any = None, *, unconnected: str,
+         name: str | None = None) -> Node | None: ...
 def grad(y: Node, x: Node, grad_y: Any = None, *, unconnected: str = "zero",
          name: str | None = None) -> Node | None:
-    """``gradients`` for one y and one x. ``name`` names the result (default
-    ``grad/<x>``)."""
+    """The gradient of one ``y`` with respect to one ``x``: :func:`gradients` for one.
+
+    Parameters
+    ----------
+    y : Node
+        The value to differentiate.
+    x : Node
+        The node to differentiate with respect to.
+    grad_y : array_like or Node, optional
+        The seed, shaped like ``y``; ones by default.
+    unconnected : {"zero", "none", "raise"}, default "zero"
+        As for :func:`gradients`.
+    name : str, optional
+        Name of the result (default ``grad/<x>``).
+
+    Returns
+    -------
+    Node or None
+        Shaped like ``x``.
+    """
     first_new = y.graph._next_id if isinstance(y, Node) else -1
     result = gradients([y], [x], None if grad_y is None else [grad_y],
                        unconnected=unconnected)[0]
@@ -246,11 +310,34 @@ def _named(node: Node | None, name: str | None, first_new: int = -1) -> Node | N
 
 
 def jacobian(y: Node, x: Node, *, name: str | None = None) -> Node:
-    """The Jacobian ``d y / d x`` of shape ``y.shape + x.shape`` (``y`` needs a static
-    shape). Built as one gradient per element of ``y``, so keep ``y`` small. ``name``
-    names the result."""
+    """The Jacobian ``d y / d x``.
+
+    Built as one gradient per element of ``y``, so keep ``y`` small.
+
+    Parameters
+    ----------
+    y : Node
+        A node with a static shape.
+    x : Node
+        The node to differentiate with respect to (a static shape when ``y`` is not
+        1-D or is empty).
+    name : str, optional
+        Name of the result.
+
+    Returns
+    -------
+    Node
+        Of shape ``y.shape + x.shape``.
+
+    Raises
+    ------
+    ShapeError
+        If a shape the result needs is not known statically.
+    """
     first_new = y.graph._next_id
-    return _named(_jacobian(y, x), name, first_new)
+    result = _named(_jacobian(y, x), name, first_new)
+    assert result is not None
+    return result
 
 
 def _jacobian(y: Node, x: Node) -> Node:
@@ -277,9 +364,31 @@ def _jacobian(y: Node, x: Node) -> Node:
 
 
 def hessian_vector_product(y: Node, x: Node, v: Any, *, name: str | None = None) -> Node:
-    """``H v`` where ``H`` is the Hessian of scalar ``y`` with respect to ``x``,
-    computed as the gradient of ``<grad(y, x), v>`` (no Hessian is formed). ``name``
-    names the result (default ``grad/<x>_<n>``)."""
+    """``H v``, where ``H`` is the Hessian of a scalar ``y`` with respect to ``x``.
+
+    Computed as the gradient of ``<grad(y, x), v>``: no Hessian is formed.
+
+    Parameters
+    ----------
+    y : Node
+        A scalar node.
+    x : Node
+        The node to differentiate with respect to.
+    v : array_like or Node
+        The vector, shaped like ``x``.
+    name : str, optional
+        Name of the result (default ``grad/<x>_<n>``).
+
+    Returns
+    -------
+    Node
+        Shaped like ``x``.
+
+    Raises
+    ------
+    ShapeError
+        If ``y`` is not a scalar or ``v`` is not shaped like ``x``.
+    """
     if y.shape != ():
         raise ShapeError(f"hessian_vector_product: {y.name!r} must be a scalar, got {fmt(y.shape)}")
     from .ops import sum as sum_

@@ -23,7 +23,9 @@ long as the graph lives, so its nodes can be looked up by name at any time.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import threading
 import weakref
 from collections.abc import Container, Iterable, Iterator
@@ -55,7 +57,14 @@ def _graph_stack() -> list[Graph]:
 
 
 def get_default_graph() -> Graph:
-    """The innermost ``with Graph()`` of this thread, else the process-wide default graph."""
+    """The graph new leaf nodes go into.
+
+    Returns
+    -------
+    Graph
+        The innermost ``with Graph()`` block of this thread, else the process-wide
+        default graph.
+    """
     stack = _graph_stack()
     if stack:
         return stack[-1]
@@ -66,8 +75,26 @@ def get_default_graph() -> Graph:
         return _default_graph
 
 
+@contextlib.contextmanager
+def building_gradients() -> Iterator[None]:
+    """Mark the nodes this thread creates inside the block as gradient nodes
+    (:meth:`Graph.is_gradient`); ``dataflow.gradients`` builds its nodes inside one."""
+    previous = getattr(_local, "gradients", False)
+    _local.gradients = True
+    try:
+        yield
+    finally:
+        _local.gradients = previous
+
+
 def reset_default_graph() -> Graph:
-    """Replace the process-wide default graph by an empty one and return it."""
+    """Replace the process-wide default graph by an empty one.
+
+    Returns
+    -------
+    Graph
+        The new, empty default graph.
+    """
     global _default_graph
     with _default_lock:
         _default_graph = Graph(_keep_unreferenced=False)
@@ -95,7 +122,26 @@ def check_name(name: object, what: str = "name") -> str:
 
 
 class Graph:
-    """An append-only DAG of :class:`Node`. Nodes never change once created."""
+    """An append-only DAG of :class:`Node`. Nodes never change once created.
+
+    ``with Graph() as g:`` makes ``g`` the graph that new leaf nodes (placeholders,
+    constants) go into on this thread; ops applied to existing nodes join their inputs'
+    graph. In Jupyter a graph shows as a drawing (a summary when it is large).
+
+    Parameters
+    ----------
+    name : str, optional
+        A name for messages and drawings; ``"graph<N>"`` by default.
+
+    Examples
+    --------
+    >>> import dataflow as df
+    >>> with df.Graph("example") as g:
+    ...     x = df.placeholder("x", (None, 3))
+    ...     y = df.sum(x * 2.0)
+    >>> len(g), [n.name for n in g.placeholders()]
+    (4, ['x'])
+    """
 
     _counter = itertools.count()
 
@@ -113,6 +159,8 @@ class Graph:
         self._scope_counts: dict[str, int] = {}
         self._next_id = 0
         self._scope = threading.local()
+        # ids of the nodes built by ``gradients`` (membership tests only)
+        self._gradient_ids: set[int] = set()
         self._lock = threading.Lock()
 
     # -- context manager -------------------------------------------------------------
@@ -148,7 +196,23 @@ class Graph:
         return f"<Graph {self.name!r} with {len(self._nodes)} nodes>"
 
     def consumers(self, node: Node) -> tuple[Node, ...]:
-        """The nodes that take ``node`` as an input, in creation order (each once)."""
+        """The nodes that take ``node`` as an input.
+
+        Parameters
+        ----------
+        node : Node
+            A node of this graph.
+
+        Returns
+        -------
+        tuple of Node
+            Its consumers in creation order, each once.
+
+        Raises
+        ------
+        GraphError
+            If ``node`` is not a node of this graph.
+        """
         self._check_member(node)
         if self._strong:
             return tuple(self._consumers[node.id])
@@ -165,14 +229,36 @@ class Graph:
         return self._names.get(name, default)
 
     def node_by_name(self, name: str) -> Node:
-        """The node named ``name``; ``UnknownNameError`` (a ``GraphError`` and a
-        ``KeyError``) if the graph has none."""
+        """The node called ``name``.
+
+        Parameters
+        ----------
+        name : str
+            A node name (names are unique within a graph).
+
+        Returns
+        -------
+        Node
+
+        Raises
+        ------
+        UnknownNameError
+            If no node of this graph has that name (a ``GraphError`` and a ``KeyError``).
+        """
         node = self.get(name)
         if node is None:
             raise UnknownNameError(f"graph {self.name!r} has no node named {name!r}")
         return node
 
     def placeholders(self) -> tuple[Node, ...]:
+        """The placeholder nodes (the graph's inputs), in creation order.
+
+        A method, not a property: it selects from all the nodes on each call.
+
+        Returns
+        -------
+        tuple of Node
+        """
         return tuple(n for n in self.nodes if n.op.name == "placeholder")
 
     @contextmanager
@@ -220,6 +306,57 @@ class Graph:
             self._names[name] = node
         return name
 
+    def is_gradient(self, node: Node) -> bool:
+        """Whether ``node`` was built by :func:`dataflow.gradients`.
+
+        Parameters
+        ----------
+        node : Node
+            A node of this graph.
+
+        Returns
+        -------
+        bool
+            True for the nodes a ``gradients`` call (or ``grad``, ``jacobian``,
+            ``hessian_vector_product``) added, in this process; a graph loaded from a
+            file has no such record (its gradient nodes are known by name only).
+        """
+        self._check_member(node)
+        return node.id in self._gradient_ids
+
+    def visualize(self, path: str | os.PathLike, *, fed: Iterable[Node] = (),
+                  layout: str = "auto") -> str:
+        """Draw the graph to a file.
+
+        Nodes are coloured by role: forward (blue), gradient (orange, built by
+        ``gradients``) and fed (green: placeholders and the nodes in ``fed``).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write; its suffix, ``.svg``, ``.png`` or ``.pdf``, sets the format.
+        fed : iterable of Node, optional
+            Nodes to colour as fed besides the placeholders.
+        layout : {"auto", "graphviz", "layered"}, default "auto"
+            ``"graphviz"`` needs the ``dot`` program and the ``graphviz`` package;
+            ``"layered"`` needs matplotlib; ``"auto"`` uses graphviz when ``dot`` is
+            installed, else the layered layout. See :mod:`dataflow.visualize`.
+
+        Returns
+        -------
+        str
+            The path written.
+        """
+        from .visualize import render
+
+        return render(self.nodes, path, fed=fed, layout=layout, title=self.name)
+
+    def _repr_html_(self) -> str:
+        """Jupyter view: a drawing of small graphs, a summary of large ones."""
+        from .visualize import notebook_html
+
+        return notebook_html(self.nodes, title=f"graph {self.name!r}")
+
     def _check_member(self, node: Node) -> None:
         if not isinstance(node, Node):
             raise GraphError(f"expected a Node, got {type(node).__name__}")
@@ -241,6 +378,8 @@ class Graph:
             self._next_id = node_id + 1
             node = Node(self, node_id, name, op, inputs, shape, dtype)
             self._names[name] = node
+            if getattr(_local, "gradients", False):
+                self._gradient_ids.add(node.id)
             if self._strong:
                 self._nodes.append(node)
                 self._consumers.append([])
@@ -252,7 +391,14 @@ class Graph:
 
     # -- export ----------------------------------------------------------------------
     def to_networkx(self) -> networkx.MultiDiGraph:
-        """A ``networkx.MultiDiGraph`` keyed by node name; edge ``index`` is the input slot."""
+        """The graph as networkx data.
+
+        Returns
+        -------
+        networkx.MultiDiGraph
+            Keyed by node name, with node attributes ``op``, ``shape`` and ``dtype``; an
+            edge per input, parent to child, whose ``index`` is the input slot.
+        """
         import networkx as nx
 
         g = nx.MultiDiGraph(name=self.name)
@@ -265,7 +411,14 @@ class Graph:
         return g
 
     def to_dot(self) -> str:
-        """Graphviz DOT text: one box per node (name, op, shape, dtype), edges parent -> child."""
+        """The graph as Graphviz DOT text.
+
+        Returns
+        -------
+        str
+            One box per node labelled with its name, op, shape and dtype, and one edge
+            per input, parent to child. :meth:`visualize` draws a styled version.
+        """
         lines = [f'digraph "{_dot_escape(self.name)}" {{', "  node [shape=box, fontsize=10];"]
         nodes = self.nodes
         for node in nodes:
@@ -292,6 +445,25 @@ class Node:
 
     Immutable. ``==`` and ``hash`` are identity-based so that nodes can key feed dicts;
     arithmetic operators build new nodes (``x + 1``, ``2 * x``, ``x @ w``, ``x[1:3]``).
+    Nodes are made by op functions (``df.placeholder``, ``df.tanh``, ...), never
+    directly; in Jupyter a node shows as a drawing of itself and its ancestors.
+
+    Attributes
+    ----------
+    graph : Graph
+        The graph the node belongs to.
+    id : int
+        Its creation index in ``graph``: larger than the ids of all its inputs.
+    name : str
+        Its name, unique in ``graph``.
+    op : Op
+        The operation that computes it.
+    inputs : tuple of Node
+        The op's inputs, in slot order.
+    shape : tuple
+        Static shape; ``None`` marks a dimension known only at run time.
+    dtype : numpy.dtype
+        Static dtype.
     """
 
     __slots__ = ("graph", "id", "name", "op", "inputs", "shape", "dtype", "__weakref__")
@@ -331,7 +503,14 @@ class Node:
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions, ``len(node.shape)``."""
         return len(self.shape)
+
+    def _repr_html_(self) -> str:
+        """Jupyter view: the node and its ancestors, drawn when few, else summarised."""
+        from .visualize import notebook_html
+
+        return notebook_html(ancestors([self]), title=f"node {self.name!r} and its ancestors")
 
     def __iter__(self) -> Iterator[Node]:
         raise TypeError(f"node {self.name!r} is not iterable; index it explicitly")
@@ -432,20 +611,69 @@ class Node:
     # -- numpy-style conveniences ----------------------------------------------------
     @property
     def T(self) -> Node:
+        """``transpose(self)``: a new node (a property, as numpy spells it)."""
         return _ops().transpose(self)
 
     def sum(self, axis: Any = None, keepdims: bool = False) -> Node:
+        """``dataflow.sum(self, axis, keepdims)``.
+
+        Parameters
+        ----------
+        axis : int, tuple of int or None, optional
+            Axes to sum over; all by default.
+        keepdims : bool, default False
+            Keep the summed axes with length 1.
+
+        Returns
+        -------
+        Node
+        """
         return _ops().sum(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis: Any = None, keepdims: bool = False) -> Node:
+        """``dataflow.mean(self, axis, keepdims)``.
+
+        Parameters
+        ----------
+        axis : int, tuple of int or None, optional
+            Axes to average over; all by default.
+        keepdims : bool, default False
+            Keep the averaged axes with length 1.
+
+        Returns
+        -------
+        Node
+        """
         return _ops().mean(self, axis=axis, keepdims=keepdims)
 
     def reshape(self, *shape: Any) -> Node:
+        """``dataflow.reshape(self, shape)``; ``x.reshape(2, 3)`` or ``x.reshape((2, 3))``.
+
+        Parameters
+        ----------
+        *shape : int or tuple of int
+            The new shape (one ``-1`` allowed), as separate ints or one tuple.
+
+        Returns
+        -------
+        Node
+        """
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return _ops().reshape(self, shape)
 
     def astype(self, dtype: Any) -> Node:
+        """``dataflow.cast(self, dtype)``.
+
+        Parameters
+        ----------
+        dtype : numpy dtype or str
+            The dtype to convert to.
+
+        Returns
+        -------
+        Node
+        """
         return _ops().cast(self, dtype)
 
 
@@ -480,14 +708,36 @@ def ancestors(nodes: Iterable[Node], cut: Container[int] = ()) -> list[Node]:
 # -- the seed's three subroutines -----------------------------------------------------
 
 def get_operation(v: Node) -> Op:
-    """The op that computes ``v``."""
+    """The op that computes ``v``.
+
+    Parameters
+    ----------
+    v : Node
+
+    Returns
+    -------
+    Op
+        ``v.op``.
+    """
     if not isinstance(v, Node):
         raise GraphError(f"expected a Node, got {type(v).__name__}")
     return v.op
 
 
 def get_inputs(v: Node, g: Graph | None = None) -> tuple[Node, ...]:
-    """The parents of ``v`` (the op's inputs, in slot order)."""
+    """The parents of ``v``: its op's inputs.
+
+    Parameters
+    ----------
+    v : Node
+    g : Graph, optional
+        When given, ``v`` must belong to it (else ``GraphError``).
+
+    Returns
+    -------
+    tuple of Node
+        ``v.inputs``, in slot order.
+    """
     if not isinstance(v, Node):
         raise GraphError(f"expected a Node, got {type(v).__name__}")
     if g is not None:
@@ -496,7 +746,19 @@ def get_inputs(v: Node, g: Graph | None = None) -> tuple[Node, ...]:
 
 
 def get_consumers(v: Node, g: Graph | None = None) -> tuple[Node, ...]:
-    """The children of ``v`` in ``g``: the nodes that take ``v`` as an input."""
+    """The children of ``v``: the nodes that take it as an input.
+
+    Parameters
+    ----------
+    v : Node
+    g : Graph, optional
+        The graph to look in; ``v.graph`` by default (``v`` must belong to it).
+
+    Returns
+    -------
+    tuple of Node
+        In creation order, each once.
+    """
     if not isinstance(v, Node):
         raise GraphError(f"expected a Node, got {type(v).__name__}")
     return (v.graph if g is None else g).consumers(v)

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -55,7 +55,23 @@ REGISTRY: dict[str, type[Op]] = {}
 
 
 class Op:
-    """Base class of every op. Subclasses set ``name`` and override what they need."""
+    """Base class of every op. Subclasses set ``name`` and override what they need.
+
+    An op is immutable; it holds its attributes (``attr_names``) and says how to
+    compute its value (``forward``), its static shape and dtype (``infer``) and its
+    gradient (``bprop``). See the module docstring for a worked example.
+
+    Parameters
+    ----------
+    **attrs
+        One keyword argument per name in the class's ``attr_names`` (an axis, a shape
+        ...), no more and no fewer.
+
+    Raises
+    ------
+    TypeError
+        If an attribute is missing or unexpected.
+    """
 
     name: ClassVar[str] = ""
     attr_names: ClassVar[tuple[str, ...]] = ()
@@ -72,6 +88,11 @@ class Op:
     #: comparisons): ``gradients`` then does not walk past the op at all, so an op
     #: without a bprop upstream of it (``f(stop_gradient(x))``) is never asked for one.
     stops_gradient: ClassVar[bool] = False
+
+    if TYPE_CHECKING:
+        # The attributes named in ``attr_names`` are set per instance by ``__init__``;
+        # for the type checker they are attributes of any type.
+        def __getattr__(self, name: str) -> Any: ...
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -94,21 +115,85 @@ class Op:
 
     # -- what subclasses implement ------------------------------------------------------
     def forward(self, *values: Any) -> Any:
+        """Compute the op's value from its input values.
+
+        Parameters
+        ----------
+        *values
+            One numpy value per input node, in slot order.
+
+        Returns
+        -------
+        numpy.ndarray or numpy scalar
+            Of the shape and dtype that :meth:`infer` promised.
+        """
         raise NotImplementedError(f"op {self.name} has no forward")
 
     def infer(self, *inputs: Node) -> tuple[tuple, np.dtype]:
-        """Static (shape, dtype) of the output. Default: elementwise, the inputs'
-        broadcast shape and their promoted dtype (``forward`` is not called)."""
+        """The static shape and dtype of the output, checked while the graph is built.
+
+        The default is elementwise: the inputs' broadcast shape and their promoted
+        dtype (``forward`` is never called).
+
+        Parameters
+        ----------
+        *inputs : Node
+            The input nodes, in slot order.
+
+        Returns
+        -------
+        tuple
+            ``(shape, dtype)``; ``None`` in the shape marks an unknown dimension.
+
+        Raises
+        ------
+        ShapeError
+            If the inputs' shapes or dtypes cannot go together; the message names the op.
+        """
         shape = broadcast(self.name, *(n.shape for n in inputs))
         return shape, np.result_type(*(n.dtype for n in inputs))
 
     def bprop(self, inputs: Sequence[Node], output: Node, grad: Node,
               wanted: Sequence[bool]) -> Sequence[Node | None]:
+        """Build the gradient with respect to each input, as new nodes.
+
+        Implements ``sum_i (grad_X op.f(inputs)_i) G_i`` of back-propagation
+        (algorithms 6.5/6.6 of *Deep Learning*): vector-Jacobian products, symbolically.
+
+        Parameters
+        ----------
+        inputs : sequence of Node
+            The op's input nodes.
+        output : Node
+            The op's output node.
+        grad : Node
+            The gradient of the differentiated sum with respect to ``output``.
+        wanted : sequence of bool
+            Whether each input needs its gradient (skip building the others).
+
+        Returns
+        -------
+        sequence of Node or None
+            One per input, shaped like it; ``None`` for no gradient.
+
+        Raises
+        ------
+        GradientError
+            By default: the op has no gradient; the message names it.
+        """
         raise GradientError(f"op {self.name!r} has no bprop, so no gradient can flow through it")
 
     def kernel(self) -> Callable[..., Any]:
-        """The callable the engine runs on input values. Ops override it to hand over a
-        numpy function directly and save a Python call per node."""
+        """The callable the engine runs on input values.
+
+        Ops override it to hand over a numpy function directly and save a Python call
+        per node; the default is :meth:`forward`.
+
+        Returns
+        -------
+        callable
+            Takes the input values, returns the output value.
+        """
         return self.forward
 
     def flops(self, input_shapes: Sequence[tuple[int, ...]],
@@ -125,13 +210,27 @@ class Op:
     # -- derived ------------------------------------------------------------------------
     @property
     def has_bprop(self) -> bool:
+        """Whether the op defines a gradient (overrides :meth:`bprop`)."""
         return type(self).bprop is not Op.bprop
 
     def attrs(self) -> dict[str, Any]:
+        """The op's attributes as a new dict, ``{name: value}`` in ``attr_names`` order.
+
+        Returns
+        -------
+        dict
+        """
         return {a: getattr(self, a) for a in self.attr_names}
 
     def key(self) -> tuple:
-        """Identity for merging equal computations: name and attrs (hashable form)."""
+        """The op's identity for merging equal computations.
+
+        Returns
+        -------
+        tuple
+            Its name and attributes, in a hashable form: two ops with equal keys
+            compute the same function.
+        """
         return (self.name, tuple((k, _hashable(v)) for k, v in self.attrs().items()))
 
     def __repr__(self) -> str:
@@ -157,8 +256,32 @@ def _hashable(value: Any) -> Any:
 # -- building nodes -------------------------------------------------------------------
 
 def apply(op: Op, *args: Any, name: str | None = None) -> Node:
-    """Add ``op(*args)`` to the graph of its node arguments (Python scalars and arrays
-    among ``args`` become constants) after checking shapes and dtypes statically."""
+    """Add ``op(*args)`` to the graph of its node arguments.
+
+    Shapes and dtypes are checked statically (``op.infer``) before the node is made.
+
+    Parameters
+    ----------
+    op : Op
+        The operation.
+    *args : Node, array_like or scalar
+        Its inputs; values that are not nodes become constants (a Python scalar takes
+        the dtype numpy would give it next to the node arguments).
+    name : str, optional
+        The new node's name; by default the op's name, numbered to stay unique.
+
+    Returns
+    -------
+    Node
+        The new node, in the graph of the node arguments (the default graph if none).
+
+    Raises
+    ------
+    GraphError
+        If the node arguments come from different graphs, or ``name`` is taken.
+    ShapeError
+        If the op's shape rule refuses the inputs.
+    """
     graph: Graph | None = None
     like: np.dtype | None = None
     for arg in args:
@@ -232,12 +355,32 @@ def custom_op(name: str, forward: Callable[..., Any],
               bprop: Callable[..., Sequence[Node | None]] | None = None) -> Callable[..., Node]:
     """Define an op from functions and return a function that applies it.
 
-    - ``forward(*arrays) -> array``: the numpy computation.
-    - ``shape_rule(*input_nodes) -> (shape, dtype)``: the static rule; the default is
-      elementwise: the inputs' broadcast shape and their promoted dtype (``forward`` is
-      never called while the graph is built).
-    - ``bprop(inputs, output, grad) -> tuple`` of one node (or ``None``) per input.
-      Without it the op works forward and raises ``GradientError`` under ``gradients``.
+    Parameters
+    ----------
+    name : str
+        The op's registry name, unique (``"my.cube"``).
+    forward : callable
+        ``forward(*arrays) -> array``: the numpy computation.
+    shape_rule : callable, optional
+        ``shape_rule(*input_nodes) -> (shape, dtype)``: the static rule. The default is
+        elementwise: the inputs' broadcast shape and their promoted dtype (``forward``
+        is never called while the graph is built).
+    bprop : callable, optional
+        ``bprop(inputs, output, grad) -> tuple`` of one node (or ``None``) per input.
+        Without it the op works forward and raises ``GradientError`` under
+        ``gradients``.
+
+    Returns
+    -------
+    callable
+        ``f(*inputs, name=None) -> Node``; ``f.op`` is the op instance.
+
+    Examples
+    --------
+    >>> import numpy as np, dataflow as df
+    >>> cube = df.custom_op("doc.cube", forward=lambda x: x ** 3,
+    ...                     bprop=lambda inputs, out, g: (g * 3.0 * df.square(inputs[0]),))
+    >>> df.check_grads(lambda x: df.sum(cube(x)), [np.array([0.5, -1.0])])
     """
     if not name or not isinstance(name, str):
         raise ValueError("custom_op needs a non-empty name")
@@ -261,7 +404,7 @@ def custom_op(name: str, forward: Callable[..., Any],
             return bprop(inputs, output, grad)
 
         namespace["bprop"] = _bprop
-    cls = type(f"CustomOp[{name}]", (Op,), namespace)
+    cls: type[Op] = type(f"CustomOp[{name}]", (Op,), namespace)
     cls.builtin = False
     op = cls()
 

@@ -111,20 +111,37 @@ _FedValue.name = "fed"
 def simplify(fetches: Any, feeds: Iterable[Node] | None = None, *, return_mapping: bool = False,
              fold_limit: int = FOLD_LIMIT, assume_finite: bool = True,
              preserve_fetches: bool = False) -> Any:
-    """Equivalent ``fetches`` (a node, a list/tuple, a dict, nested; ``None`` entries
-    pass through) made of nodes of a new, simplified graph.
+    """Equivalent fetches made of nodes of a new, simplified graph.
 
-    - ``feeds``: nodes (or a dict keyed by nodes) whose values will be fed; they become
-      opaque leaves (never merged, folded or looked through) and their ancestors are
-      cut off, as in a run.
-    - ``return_mapping``: return ``(new_fetches, mapping)``, where ``mapping`` maps each
-      original node whose value the new graph still holds (every ancestor placeholder
-      included) to its new node; feed ``mapping[x]`` where you fed ``x``.
-    - ``fold_limit``: the largest folded constant, in elements.
-    - ``assume_finite``: rewrite float ``x * 0`` to zeros (see the module docstring).
-    - ``preserve_fetches``: rebuild each fetch with its own op (its inputs simplified),
-      never as a constant or as another node by an identity, so fetched arrays stay
-      fresh and writable as without rewriting (the engine does this).
+    Common subexpressions are merged, constants folded and algebraic identities
+    applied; the original graph is not changed. The engine does this itself when it
+    compiles a plan (``Engine(simplify=False)`` turns it off).
+
+    Parameters
+    ----------
+    fetches : Node, list, tuple or dict of them, nested
+        What to simplify; ``None`` entries pass through.
+    feeds : iterable of Node or mapping keyed by Node, optional
+        Nodes whose values will be fed: they become opaque leaves (never merged,
+        folded or looked through) and their ancestors are cut off, as in a run.
+    return_mapping : bool, default False
+        Also return a mapping from each original node whose value the new graph still
+        holds (every ancestor placeholder included) to its new node: feed
+        ``mapping[x]`` where you fed ``x``.
+    fold_limit : int
+        The largest folded constant, in elements.
+    assume_finite : bool, default True
+        Rewrite float ``x * 0`` to zeros (see the module docstring).
+    preserve_fetches : bool, default False
+        Rebuild each fetch with its own op (its inputs simplified), never as a constant
+        or as another node by an identity, so fetched arrays stay fresh and writable as
+        without rewriting (the engine does this).
+
+    Returns
+    -------
+    object or tuple
+        The fetches in the same structure, or ``(new_fetches, mapping)`` with
+        ``return_mapping``.
     """
     nodes, pack = _flatten(fetches)
     fed = _fed_nodes(feeds)
@@ -155,7 +172,7 @@ def plan_rewrite(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[li
     drop dependencies (``x * 0``, dropped zero terms).
     Fed keys that the fetches never needed are left out (the plan ignores them anyway).
     """
-    identity = (list(fetch_keys), list(fed_keys), {})
+    identity: tuple[list, list, dict] = (list(fetch_keys), list(fed_keys), {})
     keys = [*fetch_keys, *fed_keys]
     if not fetch_keys or not all(isinstance(k, Node) for k in keys):
         return identity
@@ -414,9 +431,9 @@ class _Builder:
 
     def _fold(self, op: Op, inputs: tuple[Node, ...], shape: tuple, dtype: np.dtype,
               name: str | None) -> Node | None:
-        if not inputs or not is_known(shape):
+        size = product(shape)  # None when a dimension is unknown
+        if not inputs or size is None:
             return None
-        size = product(shape)
         if size > self.fold_limit or (size > SMALL and size > max(i.op.value.size for i in inputs)):
             return None
         try:
@@ -433,9 +450,10 @@ class _Builder:
         return self._constant(value, name)
 
     def _zeros(self, shape: tuple, dtype: np.dtype) -> Node | None:
-        if not is_known(shape):
+        size = product(shape)  # None when a dimension is unknown
+        if size is None:
             return None
-        if product(shape) <= SMALL:
+        if size <= SMALL:
             return self._constant(np.zeros(shape, dtype))
         return self.build(BroadcastTo(shape=shape), (self._constant(np.zeros((), dtype)),))
 

@@ -132,12 +132,25 @@ def save(graph_or_nodes: Graph | Node | Sequence[Node] | Mapping[str, Node],
          path: str | os.PathLike[str]) -> None:
     """Write a graph, or nodes and all their ancestors, to ``path`` as JSON.
 
-    ``graph_or_nodes`` is a :class:`Graph` (every node is saved), a :class:`Node`, a
-    list or tuple of nodes, or a dict of string keys to nodes; :func:`load` returns the
-    same kind of thing. Raises ``TypeError`` for a graph that uses a custom op (custom
-    ops are code, not data) or an attr value this format cannot hold, ``ValueError``
-    for a shape beyond the limits that :func:`load` enforces, and ``GraphError`` for
-    nodes of different graphs.
+    Versioned JSON, one node per line, never pickle: the file is data.
+
+    Parameters
+    ----------
+    graph_or_nodes : Graph, Node, sequence of Node or mapping of str to Node
+        A :class:`Graph` (every node is saved), a node, a list or tuple of nodes, or a
+        dict of string keys to nodes; :func:`load` returns the same kind of thing.
+    path : str or os.PathLike
+        The file to write.
+
+    Raises
+    ------
+    TypeError
+        For a graph that uses a custom op (custom ops are code, not data) or an attr
+        value this format cannot hold.
+    ValueError
+        For a shape beyond the limits that :func:`load` enforces.
+    GraphError
+        For nodes of different graphs.
     """
     nodes, outputs, graph_name = _collect(graph_or_nodes)
     index = {node.id: i for i, node in enumerate(nodes)}
@@ -292,13 +305,29 @@ def _encode_value(value: Any, where: str, depth: int) -> list:
 # -- loading ----------------------------------------------------------------------------
 
 def load(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
-    """Read a file written by :func:`save` into a NEW graph and return what was saved:
-    the :class:`Graph`, or the node, list, tuple or dict of nodes, with names preserved.
+    """Read a file written by :func:`save` into a new graph.
 
-    A file that is not a valid graph file raises :class:`LoadError` saying why; see the
-    module docstring for the checks. ``max_bytes`` bounds the file size (1 GiB by
-    default). Errors opening or reading ``path`` itself (a missing file, no
-    permission) raise ``OSError`` as usual.
+    Loading builds only built-in ops from the registry and imports nothing: a graph
+    file cannot run code. See the module docstring for the checks.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to read.
+    max_bytes : int, default 1 GiB
+        The largest file accepted.
+
+    Returns
+    -------
+    Graph, Node, list, tuple or dict of Node
+        What was saved, in a new graph, with names preserved.
+
+    Raises
+    ------
+    LoadError
+        If the file is not a valid graph file, saying why.
+    OSError
+        If ``path`` cannot be opened or read (a missing file, no permission).
     """
     data = _read_bounded(path, max_bytes)
     document = _parse_json(data)
@@ -364,7 +393,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
         seen: set[str] = set()
-        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
         raise LoadError(f"duplicate key {duplicate[:80]!r} in a JSON object")
     return result
 

@@ -28,7 +28,8 @@ With a different number of BLAS threads on each side, matmul results may differ 
 an ulp, and so may everything computed from them.
 
 dask.distributed costs about a millisecond per task and a network round trip per
-run (see the anchors in /work/shared/DESIGN.md), so a cluster pays off for graphs
+run (see the dask table in the README's Benchmarks section, measured by
+``benchmarks/bench_dask.py``), so a cluster pays off for graphs
 whose nodes are large (big matmuls, many samples), not for small ones like this
 demonstration's ``--fast`` setting.
 """

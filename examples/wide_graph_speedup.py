@@ -18,9 +18,9 @@ matmul, so two pool threads really compute on two cores). When numpy was already
 imported (as under pytest), ``threadpoolctl`` (installed with scikit-learn) limits
 the BLAS pool for the duration of the measurement instead, if it is available.
 
-The anchor in /work/shared/DESIGN.md: dask's threaded scheduler reaches 1.94x on 2
-workers for this workload (ideal 2x). The speedup needs two idle cores: on a loaded
-machine it is lower.
+For comparison, dask's threaded scheduler reaches about 1.9x on 2 workers for this
+workload (ideal 2x; ``benchmarks/suite.py``, section ``parallel``, measures both).
+The speedup needs two idle cores: on a loaded machine it is lower.
 """
 
 from __future__ import annotations

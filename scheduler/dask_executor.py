@@ -75,7 +75,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 try:  # wrapping the graph ourselves, with its token given, saves tokenizing it per run
     from dask._expr import LLGExpr
 except ImportError:  # pragma: no cover - older dask: client.get wraps (and tokenizes) it
-    LLGExpr = None
+    LLGExpr = None  # type: ignore[misc,assignment]
 
 
 __all__ = ["DaskExecutor", "RemoteError", "RemoteValue"]
@@ -289,7 +289,7 @@ class _Chain:
                 if entries is not None:
                     entries.append((p, start, end, *_describe_value(value)))
                 previous = value
-                args = value = None  # let the chain's intermediate values die early
+                args = value = None  # type: ignore[assignment]  # let the chain's intermediate values die early
         finally:
             if entries:
                 worker = _worker_address()
@@ -379,6 +379,23 @@ class DaskExecutor(cf.Executor):
     bytes from which literal and fed values are scattered instead of embedded. Worker
     processes are started with multiprocessing's spawn, so a script that starts a local
     cluster needs the ``if __name__ == "__main__":`` guard.
+
+    Parameters
+    ----------
+    address : str, optional
+        The scheduler address of an existing cluster to connect to.
+    client : distributed.Client, optional
+        A client to use (not closed by :meth:`shutdown`).
+    security : distributed.security.Security, optional
+        TLS settings, for the local cluster or the connection.
+    n_workers : int, optional
+        Workers of the local cluster; the number of cores by default.
+    processes : bool, default True
+        Local workers in processes (else threads of this process).
+    threads_per_worker : int, default 1
+        Threads of each local worker.
+    scatter_threshold : int
+        Size in bytes from which literal and fed values are scattered.
     """
 
     def __init__(self, address: str | None = None, client: Any = None, security: Any = None,
@@ -424,14 +441,34 @@ class DaskExecutor(cf.Executor):
 
     # -- concurrent.futures.Executor ----------------------------------------------------
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
-        """Run ``fn(*args, **kwargs)`` on the cluster; a ``concurrent.futures.Future``."""
+        """Run ``fn(*args, **kwargs)`` on the cluster.
+
+        Parameters
+        ----------
+        fn : callable
+            The function (picklable, importable by the workers).
+        *args, **kwargs
+            Its arguments.
+
+        Returns
+        -------
+        concurrent.futures.Future
+        """
         if self._closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
         future = self.client.submit(fn, *args, pure=False, **kwargs)
         return asyncio.run_coroutine_threadsafe(_result_of(future), self.client.loop.asyncio_loop)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Close the client and the cluster if this executor started them."""
+        """Close the client and the cluster if this executor started them.
+
+        Parameters
+        ----------
+        wait : bool, default True
+            Accepted for ``concurrent.futures`` compatibility; closing always waits.
+        cancel_futures : bool, default False
+            Accepted for ``concurrent.futures`` compatibility.
+        """
         if self._closed:
             return
         self._closed = True
@@ -442,7 +479,15 @@ class DaskExecutor(cf.Executor):
 
     # -- whole plans ----------------------------------------------------------------------
     def layout(self, plan: Plan, check_numerics: bool = False) -> _Layout:
-        """The plan's chains (computed once per plan and numerics setting)."""
+        """The plan's chains (computed once per plan and numerics setting).
+
+        Parameters
+        ----------
+        plan : Plan
+            The plan to lay out.
+        check_numerics : bool, default False
+            Whether the layout's tasks check their outputs for NaN and Inf.
+        """
         cached = self._layouts.get(plan)
         if cached is None:
             cached = self._layouts[plan] = {}
@@ -463,7 +508,30 @@ class DaskExecutor(cf.Executor):
         time. Once ``cancel`` is set (from another thread), no node starts and the run
         raises ``RunCancelled``. Callbacks get ``start``, then ``pretask``/``posttask``
         for every node that ran (replayed from the workers' records once the graph is
-        done), then ``finish`` (always)."""
+        done), then ``finish`` (always).
+
+        Parameters
+        ----------
+        plan : Plan
+            The plan to run.
+        values : list
+            The plan's value array, literals and validated feeds filled in.
+        deadline : float, optional
+            ``time.perf_counter()`` time by which the run must end.
+        callbacks : iterable of Callback, optional
+            Hooks for the run.
+        check_numerics : bool, default False
+            Raise ``NumericsError`` on the first NaN or Inf.
+        executor_name : str, default "dask"
+            The name callbacks see in ``RunInfo.executor``.
+        cancel : threading.Event, optional
+            Once set, no node starts and the run raises ``RunCancelled``.
+
+        Returns
+        -------
+        list
+            The fetched values, in the plan's fetch order.
+        """
         if self._closed:
             raise RuntimeError("this dask executor is shut down")
         callbacks = tuple(callbacks)

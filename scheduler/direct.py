@@ -107,7 +107,7 @@ def scan(source: TaskGraphSource, wanted: list, feeds: Mapping) -> DirectWalk:
                 state[key] = True
                 if key in values:
                     continue
-                spec = specs.get(key)
+                spec = specs.get(key)  # type: ignore[assignment]
                 if spec is None:
                     task = tasks[key]
                     kernel, args = task[0], task[1:]

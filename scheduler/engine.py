@@ -116,11 +116,52 @@ def _spec_of_object(key: Hashable) -> TaskSpec:
 class Engine:
     """Runs graphs on an executor. A context manager; closes what it started.
 
-    ``executor`` is ``"inline" | "threads" | "asyncio" | "processes" | "dask"`` or any
-    ``concurrent.futures.Executor`` (which the engine uses but does not shut down).
     One engine may be used from many threads at once: each run has its own state.
-    ``intra_op_threads`` is how many BLAS/OpenMP threads each worker's kernels may use;
-    by default ``workers x intra_op_threads <= cores`` (see ``blas.py``).
+    Plans are compiled once per (fetches, fed nodes) and cached, and the placement
+    policy (``placement.py``), from learned durations and static hints, decides which
+    nodes go to the pool.
+
+    Parameters
+    ----------
+    executor : str or concurrent.futures.Executor, default "threads"
+        ``"inline" | "threads" | "asyncio" | "processes" | "dask"``, or any object with
+        ``submit`` (a ``concurrent.futures.Executor``), which the engine uses but does
+        not shut down.
+    workers : int, optional
+        Pool size; the executor's own, else the number of CPUs.
+    callbacks : iterable of Callback, optional
+        Hooks called around every run of this engine.
+    check_numerics : bool, default False
+        Raise ``NumericsError`` naming the first node that produced NaN or Inf.
+    inline_threshold : float
+        Tasks known (measured, or hinted from shapes) to take at most this many seconds
+        run on the driving thread; the rest, and those of unknown cost, go to the pool
+        (see ``placement.py``). 0 sends every task to the pool.
+    plan_cache_size : int, default 256
+        Compiled plans kept (least recently used dropped).
+    simplify : bool, default True
+        Let the fetched objects rewrite their graph when a plan is compiled (for
+        dataflow nodes, :func:`dataflow.simplify`).
+    intra_op_threads : int, optional
+        BLAS/OpenMP threads each worker's kernels may use; by default
+        ``workers x intra_op_threads <= cores`` (see ``blas.py``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown executor name or a bad ``workers``.
+    TypeError
+        For an executor that is neither a name nor has ``submit``.
+
+    Examples
+    --------
+    >>> import numpy as np, dataflow as df, scheduler
+    >>> with df.Graph():
+    ...     x = df.placeholder("x", (2,))
+    ...     y = df.sum(x * 3.0)
+    >>> with scheduler.Engine("threads", workers=2) as engine:
+    ...     print(engine.run(y, {x: np.ones(2)}))
+    6.0
     """
 
     def __init__(self, executor: Any = "threads", workers: int | None = None,
@@ -208,11 +249,36 @@ class Engine:
     # -- running dataflow nodes ----------------------------------------------------------
     def run(self, fetches: Any, feeds: Mapping | None = None, *, timeout: float | None = None,
             callbacks: Iterable[Callback] = ()) -> Any:
-        """Compute ``fetches`` (a node, a list/tuple of nodes, or a dict of them) and
-        return their values in the same structure, as numpy arrays: one array of its
-        own per distinct fetch (a node fetched twice gives one array twice). A fetch or
-        feed key may be a node's name, looked up in the graph of the request's nodes
-        (``scheduler.names``)."""
+        """Compute ``fetches`` and return their values.
+
+        Parameters
+        ----------
+        fetches : node, name, list/tuple or dict of them
+            What to compute; only their ancestors run (fed nodes cut theirs off). A
+            name is looked up in the graph of the request's nodes (``scheduler.names``).
+        feeds : mapping, optional
+            Values of placeholders (and of any other node to feed), keyed by node or name.
+        timeout : float, optional
+            Seconds the run may take; then ``TimeoutError`` naming the running nodes.
+        callbacks : iterable of Callback, optional
+            Hooks for this run only (besides the engine's own).
+
+        Returns
+        -------
+        object
+            The values in the structure of ``fetches``, as numpy arrays: one array of its
+            own per distinct fetch (a node fetched twice gives one array twice).
+
+        Raises
+        ------
+        FeedError
+            For missing, extra or ill-shaped feeds, before any node runs.
+        TimeoutError
+            When ``timeout`` passes first.
+        Exception
+            A failing node's own exception, with a note naming the node and its op;
+            nothing new starts after it and the engine stays usable.
+        """
         return self._run(fetches, feeds, timeout, callbacks, None)
 
     def _run(self, fetches: Any, feeds: Mapping | None, timeout: float | None,
@@ -226,10 +292,29 @@ class Engine:
 
     async def run_async(self, fetches: Any, feeds: Mapping | None = None, *,
                         timeout: float | None = None, callbacks: Iterable[Callback] = ()) -> Any:
-        """``run`` from inside an event loop. The run is driven from a coordinator thread
-        and its kernels run there or in the pool, never on the loop, which stays free.
-        Cancelling the awaiting task stops the run: no node starts afterwards (the nodes
-        running then finish in the background, as after a timeout)."""
+        """:meth:`run` from inside an event loop.
+
+        The run is driven from a coordinator thread and its kernels run there or in the
+        pool, never on the loop, which stays free. Cancelling the awaiting task stops
+        the run: no node starts afterwards (the nodes running then finish in the
+        background, as after a timeout).
+
+        Parameters
+        ----------
+        fetches : node, name, list/tuple or dict of them
+            What to compute; only their ancestors run (fed nodes cut theirs off).
+        feeds : mapping, optional
+            Values of placeholders (and of any other node to feed), keyed by node or name.
+        timeout : float, optional
+            Seconds the run may take; then ``TimeoutError`` naming the running nodes.
+        callbacks : iterable of Callback, optional
+            Hooks for this run only (besides the engine's own).
+
+        Returns
+        -------
+        object
+            As for :meth:`run`.
+        """
         # Names are looked up here: a name-only request reads this thread's default graph.
         fetches, feeds = resolve_names(fetches, feeds)
         cancel = threading.Event()
@@ -267,7 +352,24 @@ class Engine:
             return pool
 
     def plan(self, keys: list, feeds: Mapping) -> Plan:
-        """The cached plan for these fetch keys and fed keys (compiled on first use)."""
+        """The cached plan for these fetch keys and fed keys (compiled on first use).
+
+        Parameters
+        ----------
+        keys : list
+            Fetch keys (graph nodes).
+        feeds : mapping
+            The feeds; only their keys matter.
+
+        Returns
+        -------
+        Plan
+
+        Raises
+        ------
+        FeedError
+            If a feed key is not a node of the fetches' graph.
+        """
         cache_key = (tuple(keys), frozenset(feeds))
         with self._lock:
             plan = self._plans.get(cache_key)
@@ -298,9 +400,27 @@ class Engine:
     def execute(self, plan: Plan, feeds: Mapping, *, timeout: float | None = None,
                 callbacks: Iterable[Callback] = (),
                 cancel: threading.Event | None = None) -> list[Any]:
-        """Run ``plan`` with ``feeds`` (keyed like the plan's keys) and return the
-        fetched values in the plan's fetch order. Once ``cancel`` is set (from another
-        thread), no node starts and the run raises ``RunCancelled``."""
+        """Run a compiled plan.
+
+        Parameters
+        ----------
+        plan : Plan
+            From :meth:`plan` (or built directly).
+        feeds : mapping
+            Values keyed like the plan's keys.
+        timeout : float, optional
+            Seconds the run may take.
+        callbacks : iterable of Callback, optional
+            Hooks for this run only.
+        cancel : threading.Event, optional
+            Once set (from another thread), no node starts and the run raises
+            ``RunCancelled``.
+
+        Returns
+        -------
+        list
+            The fetched values, in the plan's fetch order.
+        """
         if self._closed:
             raise RuntimeError("this engine is closed")
         values = list(plan.template)
@@ -373,8 +493,35 @@ class Engine:
     # -- running plain task graphs ---------------------------------------------------------
     def get(self, tasks: Mapping, keys: Any, *, feeds: Mapping | None = None,
             timeout: float | None = None, callbacks: Iterable[Callback] = ()) -> Any:
-        """Run a task graph in dask's conventions and return the values of ``keys``
-        (one key, or a nested list of keys)."""
+        """Run a task graph in dask's conventions.
+
+        Parameters
+        ----------
+        tasks : mapping
+            ``{key: (callable, *args)}``; an arg that is a key of ``tasks`` stands for
+            that task's value; anything else is a literal. A dask collection's graph is
+            accepted too.
+        keys : hashable or nested list of hashable
+            What to compute.
+        feeds : mapping, optional
+            Values for keys of ``tasks``, which then do not run.
+        timeout : float, optional
+            Seconds the run may take.
+        callbacks : iterable of Callback, optional
+            Hooks for this run only.
+
+        Returns
+        -------
+        object
+            The values of ``keys``, in the same nesting.
+
+        Raises
+        ------
+        KeyError
+            If a key is not in the task graph.
+        CycleError
+            If the task graph has a cycle.
+        """
         from .taskgraph import TaskGraphSource, flatten_keys, pack_results
 
         if not isinstance(tasks, Mapping) and hasattr(tasks, "__dask_graph__"):
@@ -661,7 +808,7 @@ class _Run:
             self.pooled_durations[p] = end - start
         if self.callbacks:
             record = TaskRecord(p, plan.keys[p], plan.names[p], plan.ops[p], worker,
-                                self.ready_at[p], start, end, value)
+                                self.ready_at[p], start, end, value)  # type: ignore[index]
             for cb in self.callbacks:
                 cb.posttask(self.info, record)
         pending = self.pending
@@ -683,7 +830,7 @@ class _Run:
             cb.pretask(self.info, p)
         start = time.perf_counter()
         try:
-            value = plan.kernels[p](*[values[a] for a in plan.args[p]])
+            value = plan.kernels[p](*[values[a] for a in plan.args[p]])  # type: ignore[misc]
         except Exception as exc:
             self.error = (p, exc)
             return
@@ -767,7 +914,7 @@ class _Run:
         for before, q in zip(chain, chain[1:]):
             args = plan.args[q]
             slots = tuple(i for i, a in enumerate(args) if a == before)
-            steps.append((plan.kernels[q], tuple(None if a == before else values[a] for a in args),
+            steps.append((plan.kernels[q], tuple(None if a == before else values[a] for a in args),  # type: ignore[arg-type]
                           slots))
         return steps
 
@@ -1109,8 +1256,35 @@ if hasattr(os, "register_at_fork"):
 def run(fetches: Any, feeds: Mapping | None = None, *, executor: Any = "threads",
         workers: int | None = None, timeout: float | None = None,
         callbacks: Iterable[Callback] = (), check_numerics: bool = False) -> Any:
-    """One-shot ``engine.run(fetches, feeds)`` on the shared default engine for
-    ``executor`` and ``workers`` (see :func:`default_engine`)."""
+    """Compute ``fetches`` on the shared default engine for ``executor`` and ``workers``.
+
+    ``default_engine(executor, workers).run(fetches, feeds)``: the engine, its pool, its
+    cached plans and learned costs carry over between calls (see
+    :func:`default_engine`); an executor object gets an engine of its own, closed
+    afterwards.
+
+    Parameters
+    ----------
+    fetches : node, list/tuple or dict of nodes
+        What to compute.
+    feeds : mapping, optional
+        Values of placeholders, keyed by node.
+    executor : str or concurrent.futures.Executor, default "threads"
+        As for :class:`Engine`.
+    workers : int, optional
+        Pool size.
+    timeout : float, optional
+        Seconds the run may take.
+    callbacks : iterable of Callback, optional
+        Hooks for the run.
+    check_numerics : bool, default False
+        Raise ``NumericsError`` on the first NaN or Inf.
+
+    Returns
+    -------
+    object
+        The values in the structure of ``fetches``.
+    """
     engine = default_engine(executor, workers, check_numerics=check_numerics)
     with _closing_if_own(engine, executor):
         return engine.run(fetches, feeds, timeout=timeout, callbacks=callbacks)
@@ -1121,18 +1295,54 @@ def get(tasks: Mapping, keys: Any, cache: Any = None, num_workers: int | None = 
         feeds: Mapping | None = None, timeout: float | None = None,
         callbacks: Iterable[Any] = (), check_numerics: bool = False,
         **dask_options: Any) -> Any:
-    """Run a task graph ``{key: (callable, *args)}`` in dask's conventions; a drop-in
-    for ``dask.threaded.get``: ``dask.compute(x, scheduler=scheduler.get)``.
+    """Run a task graph ``{key: (callable, *args)}`` in dask's conventions.
 
+    A drop-in for ``dask.threaded.get``: ``dask.compute(x, scheduler=scheduler.get)``.
     It runs on the shared default engine for ``executor`` and ``workers`` (see
-    :func:`default_engine`), so pools and learned costs carry over between calls.
-    dask's options: ``num_workers`` sizes the pool, ``pool`` is a
-    ``concurrent.futures.Executor`` or a ``multiprocessing.pool.ThreadPool`` to run on,
-    ``cache`` a dict of known values (it receives the requested ones); unset, they come
-    from ``dask.config``. ``callbacks`` takes ``scheduler.Callback`` objects and dask
-    callbacks; dask's active callbacks (``dask.diagnostics``) are honoured as dask does
-    (``scheduler/dask_compat.py``). Other dask options (``dask_options``) are accepted
-    and ignored. A task's own exception is raised as is, with a note naming it."""
+    :func:`default_engine`), so pools and learned costs carry over between calls. dask's
+    active callbacks (``dask.diagnostics``) are honoured as dask does
+    (``scheduler/dask_compat.py``). A task's own exception is raised as is, with a note
+    naming it.
+
+    Parameters
+    ----------
+    tasks : mapping
+        The task graph (see :meth:`Engine.get`).
+    keys : hashable or nested list of hashable
+        What to compute.
+    cache : dict, optional
+        Known values by key (they are not computed); it receives the requested ones.
+    num_workers : int, optional
+        The pool size (dask's name; ``workers`` is this package's).
+    pool : concurrent.futures.Executor or multiprocessing.pool.ThreadPool, optional
+        A pool to run on instead of the default engine's.
+    executor : str or concurrent.futures.Executor, default "threads"
+        As for :class:`Engine`.
+    workers : int, optional
+        Pool size.
+    feeds : mapping, optional
+        Values for keys of ``tasks``, which then do not run.
+    timeout : float, optional
+        Seconds the run may take.
+    callbacks : iterable of Callback or dask callbacks, optional
+        Hooks for the run.
+    check_numerics : bool, default False
+        Raise ``NumericsError`` on the first NaN or Inf.
+    **dask_options
+        dask's other scheduler options, accepted and ignored. Unset, ``num_workers``,
+        ``pool`` and ``cache`` come from ``dask.config``.
+
+    Returns
+    -------
+    object
+        The values of ``keys``, in the same nesting.
+
+    Examples
+    --------
+    >>> import operator, scheduler
+    >>> scheduler.get({"a": 1, "b": (operator.add, "a", 10)}, "b")
+    11
+    """
     call = DaskGet(tasks, keys, cache=cache, num_workers=num_workers, pool=pool,
                    executor=executor, workers=workers, feeds=feeds, callbacks=callbacks)
     engine = default_engine(call.executor, call.workers, check_numerics=check_numerics)

@@ -43,10 +43,21 @@ def add_node_note(exc: BaseException, name: str, op: str) -> BaseException:
 
 
 class NodeError(SchedulerError):
-    """A task failed in a way that is not its own exception: its worker died, or the
-    task, its arguments or its result could not be sent to or back from the worker.
-    Names the node and op; ``__cause__`` (and ``original``) hold what the pool raised.
-    A task that raises gives its own exception instead (see :func:`add_node_note`)."""
+    """A task failed in a way that is not its own exception.
+
+    Its worker died, or the task, its arguments or its result could not be sent to or
+    back from the worker. A task that raises gives its own exception instead (see
+    :func:`add_node_note`).
+
+    Parameters
+    ----------
+    name : str
+        The failed task's name (``node_name`` attribute).
+    op : str
+        Its op (``op`` attribute).
+    cause : BaseException, optional
+        What the pool raised (``original`` attribute, and ``__cause__``).
+    """
 
     def __init__(self, name: str, op: str, cause: BaseException | None = None):
         self.node_name = name
@@ -66,8 +77,15 @@ class RunCancelled(SchedulerError):
 
 
 class CycleError(SchedulerError, ValueError, RuntimeError):
-    """The task graph has a cycle; ``path`` lists the keys around it. Also a
-    ``RuntimeError``, which is what dask raises for a cycle."""
+    """The task graph has a cycle.
+
+    Also a ``RuntimeError``, which is what dask raises for a cycle.
+
+    Parameters
+    ----------
+    path : list
+        The keys around the cycle (``path`` attribute).
+    """
 
     def __init__(self, path: list):
         self.path = list(path)
@@ -90,7 +108,17 @@ class MissingDependencyError(SchedulerError, ValueError):
 
 
 class NumericsError(SchedulerError, FloatingPointError):
-    """``check_numerics`` found NaN or Inf in a task's output."""
+    """``check_numerics`` found NaN or Inf in a task's output.
+
+    Parameters
+    ----------
+    name : str
+        The task's name (``node_name`` attribute).
+    op : str
+        Its op (``op`` attribute).
+    what : str
+        What was found (``"NaN"``, ``"Inf"``).
+    """
 
     def __init__(self, name: str, op: str, what: str):
         self.node_name = name

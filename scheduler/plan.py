@@ -45,7 +45,22 @@ class Plan:
     do not need are ignored (as in TensorFlow: feeding a placeholder a fetch does not use
     is no error); whether a fed key belongs to the graph at all is the caller's check.
     Immutable apart from the learned per-task costs, which only affect scheduling
-    choices, never results."""
+    choices, never results.
+
+    Engines compile and cache plans themselves (:meth:`Engine.plan`); build one directly
+    only to run it many times with :meth:`Engine.execute`.
+
+    Parameters
+    ----------
+    fetch_keys : sequence of hashable
+        The keys to compute.
+    fed_keys : sequence of hashable
+        The keys whose values will be fed (their ancestors are not run).
+    spec_of : callable
+        ``spec_of(key) -> TaskSpec``: how to compute each key.
+    memory_order : bool, default False
+        Reorder the tasks to keep fewer values alive at once.
+    """
 
     def __init__(self, fetch_keys: Sequence[Hashable], fed_keys: Sequence[Hashable],
                  spec_of: SpecOf, *, memory_order: bool = False):
@@ -88,8 +103,8 @@ class Plan:
             if len(deps) == 1:
                 args = parents = (position[deps[0]],)
             else:
-                args = tuple([position[d] for d in deps])
-                parents = tuple(dict.fromkeys(args)) if len(set(args)) < len(args) else args
+                args = tuple([position[d] for d in deps])  # type: ignore[assignment]
+                parents = tuple(dict.fromkeys(args)) if len(set(args)) < len(args) else args  # type: ignore[assignment]
             self.args.append(args)
             self.parents.append(parents)
             key = order[p]
@@ -125,7 +140,7 @@ class Plan:
         #: write its result into (it dies at this step and is computed, not fed), or -1
         kernels, args_, dies_ = self.kernels, self.args, self.dies_after
         self.steps: list[tuple[int, Callable[..., Any], tuple[int, ...], tuple[int, ...], int]] = [
-            (p, kernels[p], args_[p], dies_[p], _donor(specs[p], args_[p], dies_[p], is_source))
+            (p, kernels[p], args_[p], dies_[p], _donor(specs[p], args_[p], dies_[p], is_source))  # type: ignore[misc]
             for p in compute
         ]
 
@@ -181,11 +196,30 @@ class Plan:
         return len(self.keys)
 
     def describe(self, p: int) -> str:
+        """``'name' (op op)`` of the task at position ``p``, for messages.
+
+        Parameters
+        ----------
+        p : int
+            A task position.
+
+        Returns
+        -------
+        str
+        """
         return f"{self.names[p]!r} (op {self.ops[p]})"
 
     def seed_estimates(self, table: Any, threshold: float) -> None:
-        """Start from the engine-wide estimates of tasks with the same cost key (a
-        ``placement.CostTable``), else from the source's static hints."""
+        """Start from the engine-wide estimates of tasks with the same cost key, else
+        from the source's static hints.
+
+        Parameters
+        ----------
+        table : placement.CostTable
+            The engine's estimates (seconds) by cost key.
+        threshold : float
+            Seconds above which a task is worth a pool worker.
+        """
         hints, estimates, samples = self.hints, self.estimates, self.samples
         for p in self.compute:
             key = self.cost_keys[p]
@@ -205,7 +239,19 @@ class Plan:
         rises at most 4x per sample (``CostTable.observe``). ``pooled`` durations were
         measured in pool threads, where a kernel also waits for the GIL while the
         driving thread runs cheap tasks: they set an unknown estimate and may lower a
-        known one, never raise it (the next timed walk on the driving thread will)."""
+        known one, never raise it (the next timed walk on the driving thread will).
+
+        Parameters
+        ----------
+        durations : dict of int to float
+            Seconds measured per task position on the driving thread.
+        table : placement.CostTable
+            The engine's estimates by cost key, updated too.
+        threshold : float
+            Seconds above which a task is worth a pool worker.
+        pooled : dict of int to float, optional
+            Seconds measured per task position in pool threads.
+        """
         estimates, cost_keys, samples = self.estimates, self.cost_keys, self.samples
         for p, seconds in durations.items():
             # CostTable.observe, inlined: this loop runs over every task of a learning run
@@ -230,7 +276,13 @@ class Plan:
     def reclassify(self, threshold: float) -> None:
         """Mark the tasks worth a hand-off to the pool: all of them with ``threshold``
         0, else those of unknown cost and those confirmed above ``threshold``; and
-        decide whether a plain run should use the pool at all (``use_pool``)."""
+        decide whether a plain run should use the pool at all (``use_pool``).
+
+        Parameters
+        ----------
+        threshold : float
+            Seconds above which a task is worth a pool worker.
+        """
         estimates, samples = self.estimates, self.samples
         expensive = [False] * len(estimates)
         all_known = True

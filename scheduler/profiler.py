@@ -45,16 +45,18 @@ interleaved repetitions; a 2-core machine under a load of about 6):
 from __future__ import annotations
 
 import heapq
+import html
 import json
 import math
 import os
 import re
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -62,17 +64,50 @@ import numpy as np
 from .callbacks import Callback, RunInfo, TaskRecord
 
 if TYPE_CHECKING:
+    from .engine import Engine
     from .plan import Plan
 
-__all__ = ["NodeRecord", "Profiler", "RunProfile"]
+__all__ = ["NodeRecord", "Profiler", "RunProfile", "profile"]
 
+# Notebooks chart runs of up to this many nodes and summarise larger ones.
+MAX_DRAWN_RECORDS = 2000
 # Worker counts shown in the summary's "what if" line.
 WHAT_IF_WORKERS = (1, 2, 4, 8, 16)
 
 
 class NodeRecord(NamedTuple):
     """One executed node. Times are ``time.perf_counter()`` seconds (absolute; subtract
-    ``RunProfile.started`` for times since the run began)."""
+    ``RunProfile.started`` for times since the run began).
+
+    Attributes
+    ----------
+    position : int
+        The node's position in the plan (its scheduling priority: lower first).
+    node : hashable
+        The graph node, or the key of a plain task graph.
+    name, op : str
+        The node's name and op.
+    worker : str
+        The thread name, ``"process-<pid>"`` or dask worker that ran it.
+    ready : float
+        When its last computed parent finished (the run's start for roots).
+    start, end : float
+        When it started and ended.
+    nbytes : int
+        Output size: ``ndarray.nbytes``, else an ``nbytes`` attribute, else getsizeof.
+    shape : tuple or None
+        Output shape, when the output has one.
+    dtype : str or None
+        Output dtype, when the output has one.
+    input_shapes : tuple
+        Shape of each argument, in argument order: measured for computed inputs and
+        literals, the static shape (``None`` for unknown dims) for fed inputs, ``None``
+        if unknown.
+    parents : tuple of int
+        Plan positions of the computed parents that ran in this run.
+    fetched : bool
+        The value was a fetch (it stays alive to the end of the run).
+    """
 
     position: int  # the node's position in the plan (its scheduling priority: lower first)
     node: Hashable  # the graph node, or the key of a plain task graph
@@ -93,6 +128,7 @@ class NodeRecord(NamedTuple):
 
     @property
     def duration(self) -> float:
+        """Seconds the node ran: ``end - start``."""
         return self.end - self.start
 
     @property
@@ -102,7 +138,28 @@ class NodeRecord(NamedTuple):
 
 
 class RunProfile:
-    """The profile of one run: its records and every analysis of them."""
+    """The profile of one run: its records and every analysis of them.
+
+    Made by :class:`Profiler` when a run finishes (``prof.runs``, ``prof.last``).
+    Properties are the run's recorded facts; methods analyse the records.
+
+    Parameters
+    ----------
+    raw : list of tuple
+        The hooks' per-node tuples (records are built from them on first use).
+    plan : Plan
+        The plan that ran.
+    started, finished : float
+        ``time.perf_counter()`` at the run's start and at its ``finish`` hook.
+    executor : str
+        The executor's name.
+    pool_workers : int
+        The engine's pool size (0 for the inline executor).
+    driver : str
+        The name of the thread that drove the run.
+    error : str or None
+        ``repr`` of the error that ended the run, if any.
+    """
 
     def __init__(self, raw: list[tuple], plan: Plan, started: float, finished: float,
                  executor: str, pool_workers: int, driver: str, error: str | None):
@@ -112,6 +169,8 @@ class RunProfile:
         self._plan: Plan | None = plan
         self._records: list[NodeRecord] = []
         self._by_position: dict[int, NodeRecord] = {}
+        self._busy_time: float | None = None
+        self._workers: list[str] | None = None
         #: perf_counter() when the run began and when its ``finish`` hook ran
         self.started = started
         self.finished = finished
@@ -127,7 +186,7 @@ class RunProfile:
     @property
     def records(self) -> list[NodeRecord]:
         """One record per executed node, in finishing order."""
-        if self._raw is not None:
+        if self._raw is not None and self._plan is not None:
             self._records = _build_records(self._plan, self._raw)
             self._by_position = {r.position: r for r in self._records}
             self._raw = self._plan = None
@@ -151,18 +210,37 @@ class RunProfile:
     @property
     def busy_time(self) -> float:
         """Sum of node durations (worker-seconds spent in kernels)."""
-        return math.fsum(r.end - r.start for r in self.records)
+        if self._busy_time is None:  # a fact of the finished run: computed once
+            self._busy_time = math.fsum(r.end - r.start for r in self.records)
+        return self._busy_time
 
     @property
     def workers(self) -> list[str]:
         """Distinct workers that ran something: the driving thread first, then the
         others in natural order of their names."""
-        names = {r.worker for r in self.records}
-        rest = sorted(names - {self.driver}, key=_natural_key)
-        return ([self.driver] if self.driver in names else []) + rest
+        if self._workers is None:  # a fact of the finished run: computed once
+            names = {r.worker for r in self.records}
+            rest = sorted(names - {self.driver}, key=_natural_key)
+            self._workers = ([self.driver] if self.driver in names else []) + rest
+        return list(self._workers)
 
     def record(self, node: Hashable) -> NodeRecord:
-        """The record of ``node`` (a graph node or a task key)."""
+        """The record of one node.
+
+        Parameters
+        ----------
+        node : hashable
+            A graph node or a task key.
+
+        Returns
+        -------
+        NodeRecord
+
+        Raises
+        ------
+        KeyError
+            If the node did not run in this run.
+        """
         for r in self.records:
             if r.node is node or r.node == node:
                 return r
@@ -187,10 +265,10 @@ class RunProfile:
             via[p] = best_q
         last = max(longest, key=lambda p: (longest[p], -p))
         path = []
-        p: int | None = last
-        while p is not None:
-            path.append(by_pos[p])
-            p = via[p]
+        step: int | None = last
+        while step is not None:
+            path.append(by_pos[step])
+            step = via[step]
         path.reverse()
         return path
 
@@ -200,9 +278,19 @@ class RunProfile:
         return math.fsum(r.end - r.start for r in self.critical_path())
 
     def utilization(self, workers: int | None = None) -> float:
-        """Busy worker-time / (``workers`` x wall time), clipped to [0, 1]. ``workers``
-        defaults to the number of distinct workers that ran something (the driving
-        thread counts when it ran nodes inline)."""
+        """Busy worker-time / (``workers`` x wall time), clipped to [0, 1].
+
+        Parameters
+        ----------
+        workers : int, optional
+            The number of workers to divide by; by default the number of distinct
+            workers that ran something (the driving thread counts when it ran nodes
+            inline).
+
+        Returns
+        -------
+        float
+        """
         k = len(self.workers) if workers is None else workers
         if k < 1:
             raise ValueError(f"workers must be positive, got {workers!r}")
@@ -222,6 +310,16 @@ class RunProfile:
 
         ``simulate(1)`` is the sum of the durations; for ``workers`` at least the
         graph's width it is the critical path time.
+
+        Parameters
+        ----------
+        workers : int
+            The number of virtual workers.
+
+        Returns
+        -------
+        float
+            The predicted makespan in seconds.
 
         Accuracy, measured on a 2-core machine (tests/test_profiler.py,
         ``test_simulate_matches_real_runs``): on a wide graph of 20 ms sleep tasks,
@@ -310,6 +408,12 @@ class RunProfile:
         return timeline
 
     def peak_live_bytes(self) -> int:
+        """The most bytes of computed values alive at once (see :meth:`live_bytes`).
+
+        Returns
+        -------
+        int
+        """
         return max(n for _, n in self.live_bytes())
 
     # -- Chrome trace ----------------------------------------------------------------------
@@ -378,7 +482,18 @@ class RunProfile:
         opens in https://ui.perfetto.dev and chrome://tracing: one track per worker, one
         complete event per node (args: op, input and output shapes, dtype, nbytes, queue
         wait), flow arrows from each parent to its children, and a "live bytes" counter.
-        Timestamps are microseconds since the run's start. Returns the path."""
+        Timestamps are microseconds since the run's start.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The JSON file to write.
+
+        Returns
+        -------
+        str
+            The path written.
+        """
         path = os.fspath(path)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(self.chrome_trace(), f)
@@ -386,8 +501,20 @@ class RunProfile:
 
     # -- summary -----------------------------------------------------------------------------
     def summary(self, top: int = 10) -> str:
-        """A terminal-readable report: totals, a table by op, the ``top`` slowest nodes,
-        queue wait statistics, scheduler overhead and what-if predictions."""
+        """A terminal-readable report of the run.
+
+        Totals, a table by op, the slowest nodes, queue wait statistics, scheduler
+        overhead and what-if predictions (:meth:`simulate`).
+
+        Parameters
+        ----------
+        top : int, default 10
+            How many of the slowest nodes to list.
+
+        Returns
+        -------
+        str
+        """
         recs = self.records
         wall, busy = self.wall_time, self.busy_time
         workers = self.workers
@@ -467,6 +594,15 @@ class RunProfile:
         return "\n".join(lines)
 
     def print_summary(self, top: int = 10, file: Any = None) -> None:
+        """Print :meth:`summary`.
+
+        Parameters
+        ----------
+        top : int, default 10
+            How many of the slowest nodes to list.
+        file : file-like, optional
+            Where to print; standard output by default.
+        """
         print(self.summary(top), file=file)
 
     # -- Gantt chart ---------------------------------------------------------------------------
@@ -475,7 +611,22 @@ class RunProfile:
         """Draw a Gantt chart: a lane per worker, a bar per node colored by op (legend),
         critical path nodes outlined in black. PNG or SVG (or any format matplotlib
         knows) by the file's extension. Needs matplotlib (the ``profile`` extra); it
-        draws off-screen and touches no global pyplot state. Returns the path."""
+        draws off-screen and touches no global pyplot state.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The image to write.
+        title : str, optional
+            The chart's title; a line of key figures by default.
+        max_ops_in_legend : int, default 16
+            The busiest ops get their own colour and legend entry; the rest are grey.
+
+        Returns
+        -------
+        str
+            The path written.
+        """
         try:
             from matplotlib.figure import Figure
             from matplotlib.patches import Patch
@@ -531,11 +682,57 @@ class RunProfile:
         return path
 
 
+    # -- notebooks -------------------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        """Jupyter view: the Gantt chart and the summary of a run of up to
+        ``MAX_DRAWN_RECORDS`` nodes; the key figures of a larger one."""
+        recs = self.records
+        head = f"<p><b>{html.escape(repr(self))}</b></p>"
+        if not recs:
+            return head
+        if len(recs) > MAX_DRAWN_RECORDS:
+            facts = [("nodes", f"{len(recs)}"), ("workers", f"{len(self.workers)}"),
+                     ("wall time", _ms(self.wall_time)), ("busy time", _ms(self.busy_time)),
+                     ("critical path", _ms(self.critical_path_time())),
+                     ("utilization", f"{self.utilization():.1%}")]
+            rows = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in facts)
+            return (f"{head}<table>{rows}</table><p>Too many nodes to chart here: "
+                    "<code>summary()</code> and <code>plot_gantt(path)</code> give it all.</p>")
+        chart = ""
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = self.plot_gantt(os.path.join(tmp, "gantt.svg"))
+                with open(path, encoding="utf-8") as f:
+                    chart = f.read()
+            chart = chart[chart.find("<svg"):]  # drop the XML prolog inside HTML
+        except ImportError:  # no matplotlib: the summary alone
+            pass
+        return f"{head}<div>{chart}</div><pre>{html.escape(self.summary())}</pre>"
+
+
 class Profiler(Callback):
     """Records every executed node of the runs it is passed to (see the module
-    docstring). Keeps the last ``history`` runs in ``runs`` (oldest first; ``None``
-    keeps all); ``records`` and the analysis methods refer to the last finished run.
-    One profiler may watch several runs at once (each run's hooks are matched to it)."""
+    docstring). Keeps the last ``history`` runs in ``runs`` (oldest first);
+    ``records`` and the analysis methods refer to the last finished run. One profiler
+    may watch several runs at once (each run's hooks are matched to it). In Jupyter a
+    profiler shows its last run's Gantt chart and summary.
+
+    Parameters
+    ----------
+    history : int or None, default 10
+        How many finished runs to keep; ``None`` keeps all.
+
+    Examples
+    --------
+    >>> import numpy as np, dataflow as df, scheduler
+    >>> with df.Graph():
+    ...     x = df.placeholder("x", (3,))
+    ...     y = df.sum(df.tanh(x))
+    >>> prof = scheduler.Profiler()
+    >>> _ = scheduler.run(y, {x: np.ones(3)}, executor="inline", callbacks=[prof])
+    >>> sorted(r.op for r in prof.records)
+    ['sum', 'tanh']
+    """
 
     def __init__(self, history: int | None = 10):
         if history is not None and history < 1:
@@ -545,7 +742,7 @@ class Profiler(Callback):
         self._active: dict[int, tuple[RunInfo, list, str]] = {}
         # (run, its raw list) of the latest run started: one attribute, read atomically,
         # so that a concurrent start cannot pair one run with another's list.
-        self._latest: tuple[RunInfo | None, list | None] = (None, None)
+        self._latest: tuple[RunInfo | None, list] = (None, [])
 
     def __repr__(self) -> str:
         last = f", last: {self.runs[-1]!r}" if self.runs else ""
@@ -579,7 +776,7 @@ class Profiler(Callback):
         with self._lock:
             entry = self._active.pop(id(run), None)
             if self._latest[0] is run:
-                self._latest = (None, None)
+                self._latest = (None, [])
         if entry is None:
             return
         _, raw, driver = entry
@@ -603,22 +800,27 @@ class Profiler(Callback):
         return self.runs[-1].records if self.runs else []
 
     def clear(self) -> None:
+        """Forget every kept run."""
         self.runs.clear()
 
     @property
     def started(self) -> float:
+        """``time.perf_counter()`` when the last run began."""
         return self.last.started
 
     @property
     def wall_time(self) -> float:
+        """Seconds from the last run's start to its ``finish`` hook."""
         return self.last.wall_time
 
     @property
     def busy_time(self) -> float:
+        """Sum of the last run's node durations (worker-seconds spent in kernels)."""
         return self.last.busy_time
 
     @property
     def workers(self) -> list[str]:
+        """Distinct workers that ran something in the last run, the driver first."""
         return self.last.workers
 
     def record(self, node: Hashable) -> NodeRecord:
@@ -657,15 +859,86 @@ class Profiler(Callback):
     def print_summary(self, top: int = 10, file: Any = None) -> None:
         self.last.print_summary(top, file)
 
-    def plot_gantt(self, path: str | os.PathLike, **kwargs: Any) -> str:
-        return self.last.plot_gantt(path, **kwargs)
+    def plot_gantt(self, path: str | os.PathLike, *, title: str | None = None,
+                   max_ops_in_legend: int = 16) -> str:
+        return self.last.plot_gantt(path, title=title, max_ops_in_legend=max_ops_in_legend)
+
+    def _repr_html_(self) -> str:
+        """Jupyter view of the last run (see :meth:`RunProfile._repr_html_`)."""
+        if not self.runs:
+            return f"<p><b>{html.escape(repr(self))}</b>: no finished run yet</p>"
+        return self.last._repr_html_()
 
     # Keep RunProfile's docstrings on the delegating methods.
-    for _name in ("critical_path", "critical_path_time", "utilization", "simulate",
-                  "scheduler_overhead", "live_bytes", "chrome_trace", "to_chrome_trace",
-                  "summary", "plot_gantt"):
+    for _name in ("record", "critical_path", "critical_path_time", "utilization", "simulate",
+                  "scheduler_overhead", "live_bytes", "peak_live_bytes", "chrome_trace",
+                  "to_chrome_trace", "summary", "print_summary", "plot_gantt"):
         locals()[_name].__doc__ = getattr(RunProfile, _name).__doc__
     del _name
+
+
+def profile(fetches: Any, feeds: Mapping | None = None, *, engine: Engine | None = None,
+            executor: Any = "threads", workers: int | None = None, warmup: int = 2,
+            timeout: float | None = None) -> Profiler:
+    """Profile one run of ``fetches`` on a warmed engine, in one call.
+
+    The first runs of a graph on an engine compile its plan and teach the engine's cost
+    model which nodes are worth a pool worker, so a profile of a cold engine shows
+    compilation and learning rather than the steady state. This helper runs the request
+    ``warmup`` times unprofiled, then once more with a fresh :class:`Profiler`.
+
+    Parameters
+    ----------
+    fetches : node, list/tuple or dict of nodes, or names
+        What to compute, as for :meth:`Engine.run`.
+    feeds : mapping, optional
+        Values for placeholders (and any other node to feed), as for :meth:`Engine.run`.
+    engine : Engine, optional
+        The engine to warm and profile (it stays open). When omitted, an
+        ``Engine(executor, workers)`` is made for the call and closed after it.
+    executor : str or concurrent.futures.Executor, default "threads"
+        The executor of the engine made for the call; ignored when ``engine`` is given.
+    workers : int, optional
+        The pool size of the engine made for the call; ignored when ``engine`` is given.
+    warmup : int, default 2
+        Unprofiled runs before the profiled one (0 profiles the first run).
+    timeout : float, optional
+        Seconds each run may take (``TimeoutError`` after that).
+
+    Returns
+    -------
+    Profiler
+        The profiler that watched the last run: ``prof.summary()``,
+        ``prof.critical_path_time()``, ``prof.simulate(workers=k)``, ...
+
+    Raises
+    ------
+    ValueError
+        If ``warmup`` is negative, or ``executor``/``workers`` are given with ``engine``.
+
+    Examples
+    --------
+    >>> prof = scheduler.profile(loss, {x: batch}, workers=2)  # doctest: +SKIP
+    >>> print(prof.summary())  # doctest: +SKIP
+    """
+    from .engine import Engine
+
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+    if engine is not None and (executor != "threads" or workers is not None):
+        raise ValueError("pass either engine= or executor=/workers=, not both")
+    owned = engine is None
+    if engine is None:
+        engine = Engine(executor, workers)
+    try:
+        for _ in range(warmup):
+            engine.run(fetches, feeds, timeout=timeout)
+        prof = Profiler(history=1)
+        engine.run(fetches, feeds, timeout=timeout, callbacks=[prof])
+    finally:
+        if owned:
+            engine.close()
+    return prof
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -698,7 +971,7 @@ def _build_records(plan: Plan, raw: list) -> list[NodeRecord]:
     keys, names, ops, args, parents, keep = (plan.keys, plan.names, plan.ops, plan.args,
                                              plan.parents, plan.keep)
     source_shapes: dict[int, tuple | None] = {}
-    dtype_names: dict[Any, str | None] = {None: None}
+    dtype_names: dict[Any, Any] = {None: None}
     make = NodeRecord
     records = []
     for p, worker, ready, start, end, nbytes, shape, dtype in raw:

@@ -46,9 +46,21 @@ def _tqdm() -> Any:
 class ProgressBar(Callback):
     """A tqdm bar per run: ``engine.run(fetches, feeds, callbacks=[ProgressBar()])``.
 
-    ``desc`` labels the bar; other keyword arguments go to ``tqdm`` (``file``,
-    ``leave``, ``mininterval``, ``disable`` ...). Concurrent runs get one bar each.
-    After a run, ``completed`` is the number of nodes the last bar counted."""
+    Concurrent runs get one bar each. After a run, ``completed`` is the number of
+    nodes the last bar counted.
+
+    Parameters
+    ----------
+    desc : str, default "nodes"
+        The bar's label.
+    **tqdm_kwargs
+        Passed to ``tqdm`` (``file``, ``leave``, ``mininterval``, ``disable`` ...).
+
+    Raises
+    ------
+    ImportError
+        If tqdm is not installed (``pip install 'dataflow[profile]'``).
+    """
 
     def __init__(self, desc: str = "nodes", **tqdm_kwargs: Any):
         self._tqdm = _tqdm()  # fail at construction, not in the middle of a run
@@ -85,8 +97,25 @@ def progress(steps: Iterable[T], desc: str = "steps", total: int | None = None,
         for step in progress(range(1000), desc="train"):
             loss, *grads = engine.run([loss_node, *grad_nodes], feeds)
 
-    ``total`` defaults to ``len(steps)`` when it has one. The bar closes when the loop
-    ends, also on ``break`` or an exception (once the generator is closed)."""
+    The bar closes when the loop ends, also on ``break`` or an exception (once the
+    generator is closed).
+
+    Parameters
+    ----------
+    steps : iterable
+        The loop's steps.
+    desc : str, default "steps"
+        The bar's label.
+    total : int, optional
+        The number of steps; ``len(steps)`` when it has one.
+    **tqdm_kwargs
+        Passed to ``tqdm``.
+
+    Yields
+    ------
+    object
+        Each step of ``steps``.
+    """
     tqdm = _tqdm()
     bar = tqdm(steps, desc=desc, total=total, unit="step", **tqdm_kwargs)
     try:

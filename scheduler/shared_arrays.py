@@ -258,7 +258,7 @@ def _tracker_id() -> tuple:
     pid = os.getpid()
     ident = _trackers.get(pid)
     if ident is None:
-        st = os.fstat(resource_tracker.getfd())
+        st = os.fstat(resource_tracker.getfd())  # type: ignore[arg-type]
         ident = _trackers[pid] = (st.st_dev, st.st_ino)
     return ident
 
@@ -474,7 +474,7 @@ def _start_probe(pool: cf.Executor, sharing: Sharing) -> None:
     except OSError:
         sharing.reach = False
         return
-    shm.buf[:len(token)] = token
+    shm.buf[:len(token)] = token  # type: ignore[index]
     shm.unlink()
     try:
         future = pool.submit(probe, os.getpid(), _fd_of(shm), token)

@@ -44,10 +44,28 @@ class TaskSpec(NamedTuple):
       arg has the result's shape and dtype. The engine does so only when that value
       dies at this task and nothing else holds it (TensorFlow forwards input buffers
       to outputs alike); the result is the same, bit for bit, minus an allocation.
-    - ``cost_hint`` is the source's static guess of the task's duration in seconds
-      (from shapes: flops and bytes, as TensorFlow's cost model guesses), or ``None``
-      when it cannot tell. It decides where the task runs until it has been measured:
-      a task of unknown cost is presumed expensive (see ``placement``).
+
+    Attributes
+    ----------
+    kernel : callable or None
+        The function to call, or ``None`` for a literal or a fed value.
+    deps : tuple
+        Keys (or literal arguments) whose values are the kernel's arguments.
+    name, op : str
+        The task's name and op, for messages and profiles.
+    value : object
+        A literal's value; ``NO_VALUE`` for computed and fed tasks.
+    cost_key : hashable
+        Groups tasks of alike durations for the cost model.
+    check_feed : callable or None
+        Validates and converts a fed value.
+    reusable : tuple of int
+        Args whose buffer the kernel may write its result into.
+    cost_hint : float or None
+        The source's static guess of the task's duration in seconds (from shapes:
+        flops and bytes, as TensorFlow's cost model guesses), or ``None`` when it
+        cannot tell. It decides where the task runs until it has been measured: a task
+        of unknown cost is presumed expensive (see ``placement``).
     """
 
     kernel: Callable[..., Any] | None

@@ -372,12 +372,13 @@ class _Compiler:
 
     def node_piece(self, a: Any) -> _Entry:
         """An arg of a dask ``Task``: graph nodes are evaluated, all else is literal."""
-        if isinstance(a, self.dt.graph_types):
+        if isinstance(a, self.dt.graph_types):  # type: ignore[union-attr]
             return self.node(a)
         return (_CONST, a)
 
     def node(self, a: Any) -> _Entry:
         dt = self.dt
+        assert dt is not None  # dask GraphNode objects only come with dask installed
         if isinstance(a, dt.TaskRef):
             return self.dep(a.key)
         if type(a) is dt.Alias:
@@ -475,7 +476,7 @@ class TaskGraphSource:
 
         if isinstance(value, (list, tuple, set, frozenset)):
             typ = type(value)
-            if typ is list and value and _all_distinct_keys(value, tasks, dt):
+            if typ is list and value and _all_distinct_keys(value, tasks, dt):  # type: ignore[arg-type]
                 return TaskSpec(_as_list, tuple(value), name, "list", cost_key=_as_list)
             if isinstance(value, (list, tuple)):
                 items = value
@@ -513,7 +514,7 @@ class TaskGraphSource:
         # Some other GraphNode: let it evaluate itself from {dep: value}.
         maker = _maker(comp.node(node))
         return TaskSpec(_Kernel(maker), tuple(comp.deps), name, type(node).__name__.lower(),
-                        cost_key=type(node))
+                        cost_key=type(node))  # type: ignore[arg-type]
 
 
 def plain_args(task: Any, tasks: Mapping, graph_types: tuple | None) -> tuple | None:

@@ -52,8 +52,7 @@ def test_example_has_docstring_and_help(name, monkeypatch, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage:")
-    if name != "mlp_digits":  # mlp_digits takes --epochs instead
-        assert "--fast" in out
+    assert "--fast" in out
 
 
 def test_mlp_digits(tmp_path, monkeypatch):
@@ -65,6 +64,13 @@ def test_mlp_digits(tmp_path, monkeypatch):
     for name in result["profile_files"]:
         assert (tmp_path / "prof" / name).stat().st_size > 0
     assert {"trace.json", "summary.txt"} <= set(result["profile_files"])
+
+
+def test_mlp_digits_fast(tmp_path, monkeypatch):
+    module = load_example("mlp_digits", monkeypatch)
+    result = module.main(["--fast", "--out", str(tmp_path / "prof")])
+    assert len(result["loss_history"]) == 3
+    assert result["loss_history"][-1] < result["loss_history"][0]
 
 
 def test_profile_mlp_step(tmp_path, monkeypatch):

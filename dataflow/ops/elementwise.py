@@ -6,6 +6,7 @@ back to each input's shape with ``sum_to`` (the adjoint of broadcasting).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -133,7 +134,7 @@ class Minimum(Elementwise):
         return _route(less_equal(x, y), grad, x, y, wanted)
 
 
-def _route(pick_x: Node, grad: Node, x: Node, y: Node, wanted) -> tuple:
+def _route(pick_x: Node, grad: Node, x: Node, y: Node, wanted: Sequence[bool]) -> tuple:
     zero = constant(np.zeros((), grad.dtype), graph=grad.graph)
     gx = sum_to(where(pick_x, grad, zero), x) if wanted[0] else None
     gy = sum_to(where(pick_x, zero, grad), y) if wanted[1] else None
