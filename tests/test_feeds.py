@@ -1,8 +1,9 @@
 """The one rule every feed follows (``dataflow.ops.core.convert_feed``): arrays, lists
-and scalars alike are converted to the fed node's dtype only within numpy's
-``same_kind`` casting and only when every value fits; nothing wraps around or
-overflows to infinity, and a feed that does not fit is a ``FeedError`` naming the
-node, raised before any node runs."""
+and scalars alike are converted to the fed node's dtype only to the same or a later
+kind (bool < integer < float < complex) and only when every value fits; nothing wraps
+around or overflows to infinity, and a feed that does not fit is a ``FeedError``
+naming the node, raised before any node runs. ``constant(value, dtype=...)`` follows
+the same rule."""
 
 from __future__ import annotations
 
@@ -152,3 +153,15 @@ def test_a_fed_computed_node_follows_the_same_rule(executor):
         scheduler.run(out, {hidden: np.array([1e300, 1.0])}, executor=executor)
     with pytest.raises(FeedError, match=r"node 'exp' has shape \(3,\), expected \(2,\)"):
         scheduler.run(out, {hidden: np.ones(3, np.float32)}, executor=executor)
+
+
+def test_a_constant_of_a_given_dtype_follows_the_same_rule():
+    with df.Graph():
+        assert df.constant([1, 2], dtype=np.float32).dtype == np.float32
+        assert df.constant(np.int64(7), dtype=np.int8).op.value == 7
+        with pytest.raises(ValueError, match=r"constant 'c': value 1099511627783 does not fit"):
+            df.constant(np.int64(2**40 + 7), name="c", dtype=np.int32)
+        with pytest.raises(ValueError, match=r"constant: value 1e\+300 does not fit"):
+            df.constant(np.array([1e300]), dtype=np.float32)
+        with pytest.raises(TypeError, match="constant 'f' has dtype float64, expected int64"):
+            df.constant(1.5, name="f", dtype=np.int64)

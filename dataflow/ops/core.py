@@ -63,9 +63,9 @@ def constant(value: Any, name: str | None = None, *, dtype: Any = None,
     if isinstance(value, Node):
         raise GraphError(f"constant() got node {value.name!r}; it is already a node")
     what = "constant" if name is None else f"constant {name!r}"
-    if dtype is not None:
-        dtype = _dtype_argument(what, dtype)
-    array = np.array(value, dtype=dtype)
+    if dtype is not None:  # the feeds' rule: nothing wraps around or overflows
+        value = convert_dtype(what, value, _dtype_argument(what, dtype))
+    array = np.array(value)
     if array.dtype == object or array.dtype.kind == "V":
         raise TypeError(f"{what}: unsupported dtype {array.dtype} (of a "
                         f"{type(value).__name__})")
@@ -118,14 +118,7 @@ def convert_feed(what: str, value: Any, shape: tuple, dtype: np.dtype) -> np.nda
     ``what`` names the feed in errors ("placeholder 'x'")."""
     if isinstance(value, Node):
         raise TypeError(f"feed for {what} is a node; feed a value")
-    array = np.asarray(value)
-    if array.dtype == object:
-        raise TypeError(f"feed for {what} is not numeric (got {type(value).__name__}; "
-                        "integers beyond 64 bits and ragged lists are not numeric arrays)")
-    if array.dtype != dtype:
-        if _KIND_RANK.get(array.dtype.kind, 9) > _KIND_RANK.get(dtype.kind, -1):
-            raise TypeError(f"feed for {what} has dtype {array.dtype}, expected {dtype}")
-        array = _converted(what, array, dtype)
+    array = convert_dtype(f"feed for {what}", value, dtype)
     if len(array.shape) != len(shape) or any(
         d is not None and d != a for d, a in zip(shape, array.shape)
     ):
@@ -133,13 +126,17 @@ def convert_feed(what: str, value: Any, shape: tuple, dtype: np.dtype) -> np.nda
     return array
 
 
-#: The kinds a feed may be converted between, in order: only to the same or a later one.
-_KIND_RANK = {"b": 0, "i": 1, "u": 1, "f": 2, "c": 3}
-
-
-def _converted(what: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``array.astype(dtype)`` (``dtype`` of the same or a later kind) when every
-    value fits, else ``ValueError`` naming a value that does not."""
+def convert_dtype(what: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    """``np.asarray(value)`` converted to ``dtype`` by ``convert_feed``'s dtype rule
+    (also the rule of ``constant(value, dtype=...)``); errors start with ``what``."""
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise TypeError(f"{what} is not numeric (got {type(value).__name__}; "
+                        "integers beyond 64 bits and ragged lists are not numeric arrays)")
+    if array.dtype == dtype:
+        return array
+    if _KIND_RANK.get(array.dtype.kind, 9) > _KIND_RANK.get(dtype.kind, -1):
+        raise TypeError(f"{what} has dtype {array.dtype}, expected {dtype}")
     if np.can_cast(array.dtype, dtype, "safe") or array.size == 0:
         return array.astype(dtype)  # every value fits (ints into floats, rounded)
     if dtype.kind in "iu":  # from bool or another integer type
@@ -147,7 +144,7 @@ def _converted(what: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
         low, high = int(array.min()), int(array.max())
         if low < info.min or high > info.max:
             bad = low if low < info.min else high
-            raise ValueError(f"feed for {what}: value {bad} does not fit its dtype {dtype} "
+            raise ValueError(f"{what}: value {bad} does not fit its dtype {dtype} "
                              f"(range {info.min} to {info.max}); it would wrap around")
         return array.astype(dtype)
     with np.errstate(all="ignore"):  # overflow is checked below; underflow rounds to 0
@@ -155,9 +152,13 @@ def _converted(what: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     overflowed = np.isfinite(array) & ~np.isfinite(converted)
     if overflowed.any():
         bad = array[np.unravel_index(int(np.argmax(overflowed)), array.shape)]
-        raise ValueError(f"feed for {what}: value {bad} does not fit its dtype {dtype} "
+        raise ValueError(f"{what}: value {bad} does not fit its dtype {dtype} "
                          f"(largest {str(np.finfo(dtype).max)}); it would overflow to infinity")
     return converted
+
+
+#: The kinds a value may be converted between, in order: only to the same or a later one.
+_KIND_RANK = {"b": 0, "i": 1, "u": 1, "f": 2, "c": 3}
 
 
 def placeholder(name: str, shape: Sequence[int | None] | int | None = None, dtype: Any = None,
