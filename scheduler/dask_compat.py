@@ -153,7 +153,7 @@ class DaskGet:
             callback_class.active = set()
             hooks = [tuple(h) + (None,) * (5 - len(h)) for h in saved] + hooks
         try:
-            dsk = _as_mapping(self.tasks)
+            dsk = _as_dask_graph(_as_mapping(self.tasks))
             adapter = DaskCallbacks(hooks, dsk, self.cache)
             started: list[tuple] = []
             failed = True
@@ -318,6 +318,17 @@ def _as_mapping(tasks: Any) -> Mapping:
     if not isinstance(tasks, Mapping) and hasattr(tasks, "__dask_graph__"):
         return tasks.__dask_graph__()  # a dask expression, as dask.compute passes it
     return tasks
+
+
+def _as_dask_graph(dsk: Mapping) -> Mapping:
+    """The graph as dask's callbacks see it in dask's own schedulers: every entry a
+    ``dask._task_spec`` node (``dsk[key]()`` computes a data entry). Only what the
+    callbacks see; the engine runs the graph as given."""
+    try:
+        from dask._task_spec import convert_legacy_graph
+    except ImportError:  # an older dask: its callbacks see plain entries
+        return dsk
+    return convert_legacy_graph(dsk)
 
 
 def _store(cache: Any, keys: Any, result: Any) -> None:

@@ -349,6 +349,55 @@ def test_active_callbacks_are_cleared_while_tasks_run_and_restored_after():
     assert [e for e in rec.events if e[0] == "start"] == [("start", 1)]  # the outer run only
 
 
+def test_dasks_own_callback_tests_on_our_get():
+    """``dask/tests/test_callbacks.py``, with ``scheduler.get`` as the scheduler."""
+    seen = {}
+
+    class StartState(DaskCallback):
+        def _start_state(self, dsk, state):
+            seen["data"] = dsk["x"]()  # the graph as dask's schedulers show it
+            seen["cached"] = len(state["cache"])
+
+    with StartState():
+        scheduler.get({"x": 1}, "x")
+    assert seen == {"data": 1, "cached": 1}
+
+    class Finish(DaskCallback):
+        def _finish(self, dsk, state, errored):
+            seen["errored"] = errored
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    for task, error in ((lambda: 1 / 0, ZeroDivisionError), (interrupt, KeyboardInterrupt)):
+        seen.clear()
+        with pytest.raises(error), Finish():
+            scheduler.get({"x": (task,)}, "x")
+        assert seen == {"errored": True}
+
+    class Nested(DaskCallback):
+        def _start(self, dsk):
+            self.dsk = dsk
+
+        def _pretask(self, key, dsk, state):
+            assert key in self.dsk
+
+    inner_callback, outer_callback = Nested(), Nested()
+    inner_dsk = {"x": (add, 1, 2), "y": (add, "x", 3)}
+
+    def nested_call(v):
+        assert not DaskCallback.active
+        with inner_callback:
+            return scheduler.get(inner_dsk, "y") + v
+
+    outer_dsk = {"a": (nested_call, 1), "b": (add, "a", 2)}
+    with outer_callback:
+        assert scheduler.get(outer_dsk, "b") == 9
+    assert not DaskCallback.active
+    assert outer_callback.dsk.keys() == outer_dsk.keys()
+    assert inner_callback.dsk.keys() == inner_dsk.keys()
+
+
 class RaisesIn(DaskCallback):
     def __init__(self, hook: str):
         super().__init__()

@@ -102,6 +102,7 @@ def timed_pair(dsk: dict, keys: list, workers: int, reps: int, warmup: int
     """Median seconds of ``scheduler.get`` and of ``dask.threaded.get`` on ``dsk``,
     ``workers`` threads each, measured round-robin."""
     import dask.threaded
+    from dask.base import tokenize
 
     import scheduler
 
@@ -109,6 +110,9 @@ def timed_pair(dsk: dict, keys: list, workers: int, reps: int, warmup: int
 
     ours: Callable[[], Any] = lambda: scheduler.get(dsk, keys, num_workers=workers)  # noqa: E731
     theirs: Callable[[], Any] = lambda: dask.threaded.get(dsk, keys, num_workers=workers)  # noqa: E731
+    # The same values, bit for bit (tokenize hashes array and frame contents), or no row.
+    if tokenize(ours()) != tokenize(theirs()):
+        raise AssertionError("scheduler.get and dask.threaded.get computed different values")
     t_ours, t_dask = interleaved([ours, theirs], reps=reps, warmup=warmup)
     return t_ours, t_dask
 
@@ -133,10 +137,18 @@ def dask_workloads(scale: int = 1, reps: int = 7, warmup: int = 1) -> list:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     quick = "--quick" in args
-    from .suite import format_table, machine
+    import platform
+
+    import dask
+
+    import scheduler.executors
+
+    from .suite import format_table
 
     rows = dask_workloads(scale=10, reps=3, warmup=1) if quick else dask_workloads()
-    print(f"machine: {machine()}{' (--quick: sizes / 10, a smoke run)' if quick else ''}")
+    print(f"machine: {platform.machine()}, {scheduler.executors.default_workers()} cores, "
+          f"Python {platform.python_version()}, dask {dask.__version__}"
+          f"{' (--quick: sizes / 10, a smoke run)' if quick else ''}")
     print(format_table(rows))
     return 0
 
