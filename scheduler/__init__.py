@@ -3,8 +3,7 @@ parents' values exist, on a pluggable executor, with hooks for profiling.
 
 - ``Engine(executor="threads", workers=None, callbacks=())`` and ``engine.run`` /
   ``engine.run_async`` for graph nodes; ``run(...)`` for one shot;
-- ``get(tasks, keys)`` for plain task graphs in dask's conventions, a drop-in dask
-  scheduler (dask's ``get`` options, callbacks and diagnostics: ``dask_compat``);
+- ``get(tasks, keys)`` for plain task graphs in dask's conventions;
 - ``Callback`` hooks and, on top of them, ``Profiler`` (node-level profiling) and
   ``ProgressBar`` (tqdm, optional).
 
