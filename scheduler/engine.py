@@ -53,8 +53,9 @@ from typing import Any
 import numpy as np
 
 from .callbacks import Callback, RunInfo, TaskRecord
+from .compiled import compiled_for, fast_key, fast_runner
 from .direct import DirectWalk, scan, walk
-from .errors import FeedError, NodeError, NumericsError, RunCancelled
+from .errors import FeedError, NodeError, NumericsError, RunCancelled, raise_task_error
 from .executors import (
     EXECUTOR_NAMES,
     call_chain,
@@ -118,6 +119,9 @@ class Engine:
         #: seconds go to the pool; the rest run on the driving thread. 0 sends all to the pool.
         self.inline_threshold = float(inline_threshold)
         self._plans: OrderedDict[Hashable, Plan] = OrderedDict()
+        #: ``run``'s fast path: (fetch structure, fed keys) -> the whole cached run,
+        #: compiled (``compiled.fast_runner``); plain inline runs only
+        self._fast_runs: dict[Hashable, Any] = {}
         self._plan_cache_size = plan_cache_size
         #: let the fetch objects rewrite their graph when a plan is compiled (their
         #: class's ``__plan_rewrite__``; for dataflow nodes, ``dataflow.simplify``)
@@ -140,6 +144,7 @@ class Engine:
         """Shut down the pools this engine started. Runs in flight finish their tasks."""
         with self._lock:  # a run creating a pool right now either stores it first or fails
             self._closed = True
+        self._fast_runs.clear()
         self._finalizer()
 
     def __repr__(self) -> str:
@@ -166,15 +171,37 @@ class Engine:
             callbacks: Iterable[Callback] = ()) -> Any:
         """Compute ``fetches`` (a node, a list/tuple of nodes, or a dict of them) and
         return their values in the same structure, as numpy arrays."""
+        if timeout is None and not callbacks and self._fast_runs:
+            try:
+                fast = self._fast_runs.get(fast_key(fetches, feeds))
+            except TypeError:  # an unhashable fetch structure: the ordinary path says why
+                fast = None
+            if fast is not None:
+                return fast(feeds)
         return self._run(fetches, feeds, timeout, callbacks, None)
 
     def _run(self, fetches: Any, feeds: Mapping | None, timeout: float | None,
              callbacks: Iterable[Callback], cancel: threading.Event | None) -> Any:
         keys, pack = _flatten_fetches(fetches)
-        feeds = dict(feeds or {})
+        given, feeds = feeds, dict(feeds or {})
         plan = self.plan(keys, feeds)
         values = self.execute(plan, feeds, timeout=timeout, callbacks=callbacks, cancel=cancel)
+        if plan.compiled and self.kind == "inline" and timeout is None and cancel is None \
+                and not self.callbacks and not callbacks and not self.check_numerics:
+            self._remember_fast_run(fetches, given, plan, pack)
         return pack([_as_array(v) for v in values])
+
+    def _remember_fast_run(self, fetches: Any, feeds: Mapping | None, plan: Plan,
+                           pack: Any) -> None:
+        """Let later runs of these fetches and fed keys go straight to the compiled plan
+        (a plain inline run only walks the plan, so the whole run may be compiled)."""
+        try:
+            key = fast_key(fetches, feeds)
+        except TypeError:
+            return
+        if len(self._fast_runs) >= self._plan_cache_size:
+            self._fast_runs.clear()
+        self._fast_runs[key] = fast_runner(plan.compiled, pack)
 
     async def run_async(self, fetches: Any, feeds: Mapping | None = None, *,
                         timeout: float | None = None, callbacks: Iterable[Callback] = ()) -> Any:
@@ -380,7 +407,13 @@ def _compile(keys: list, fed: list, rewrite: bool) -> Plan:
 
 
 def _walk(plan: Plan, values: list, cancel: threading.Event | None = None) -> None:
-    """Run every task in the plan's order on this thread, freeing values as they die."""
+    """Run every task in the plan's order on this thread, freeing values as they die
+    (compiled to one function once the plan is walked again, see ``compiled.py``)."""
+    if cancel is None:
+        compiled = compiled_for(plan)
+        if compiled is not None:
+            compiled.run_table(values)
+            return
     p = -1
     try:
         for p, kernel, args, dies, donor in _steps(plan, cancel):
@@ -400,7 +433,7 @@ def _walk(plan: Plan, values: list, cancel: threading.Event | None = None) -> No
     except RunCancelled:
         raise
     except Exception as exc:
-        raise NodeError(plan.names[p], plan.ops[p], exc) from exc
+        raise_task_error(plan.names[p], plan.ops[p], exc)
 
 
 def _steps(plan: Plan, cancel: threading.Event | None) -> Any:

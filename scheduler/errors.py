@@ -6,6 +6,8 @@ deep inside a 100,000-node graph can be traced back to the node that caused it.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 
 class SchedulerError(Exception):
     """Base class of the errors the execution layer raises itself."""
@@ -46,3 +48,10 @@ class NumericsError(SchedulerError, FloatingPointError):
         self.node_name = name
         self.op = op
         super().__init__(f"node {name!r} (op {op}) produced {what}")
+
+
+def raise_task_error(name: str, op: str, exc: BaseException) -> NoReturn:
+    """Raise the error of a run whose task ``name`` (op ``op``) raised ``exc``. Every
+    driver reports a failing task through this one function, so that all of them name
+    it the same way."""
+    raise NodeError(name, op, exc) from exc
