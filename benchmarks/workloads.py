@@ -201,3 +201,33 @@ def raw_branch_speedup(reps: int = 9) -> float:
             list(pool.map(branch, range(PAR_BRANCHES)))
             two.append(time.perf_counter() - start)
     return statistics.median(one) / statistics.median(two)
+
+
+# -- elementwise-heavy forward + gradient (fusion) ---------------------------------------
+
+EW_N = 4_000_000
+
+
+def elementwise_inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    r = np.random.default_rng(seed)
+    return (r.standard_normal(EW_N).astype(np.float32),
+            r.standard_normal(EW_N).astype(np.float32))
+
+
+def elementwise_forward(ops: object, x, y):
+    """Ten elementwise ops (``ops`` is ``dataflow`` or ``numpy``): the loss's terms."""
+    t = ops.tanh(x * y + 0.5)       # multiply, add, tanh
+    e = ops.exp(-(x * x))           # multiply, negative, exp
+    return t * e + ops.sin(y) * 0.25  # multiply, sin, multiply, add
+
+
+def numpy_elementwise_step(x: np.ndarray, y: np.ndarray):
+    """Hand-written numpy: ``sum(elementwise_forward)`` and its gradients in x and y."""
+    f32 = np.float32
+    t = np.tanh(x * y + f32(0.5))
+    e = np.exp(-(x * x))
+    loss = (t * e + np.sin(y) * f32(0.25)).sum()
+    dt = e * (f32(1) - t * t)  # d/d(x*y) of t*e
+    gx = dt * y - f32(2) * x * t * e
+    gy = dt * x + f32(0.25) * np.cos(y)
+    return loss, gx, gy

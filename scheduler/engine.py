@@ -96,7 +96,7 @@ class Engine:
     def __init__(self, executor: Any = "threads", workers: int | None = None,
                  callbacks: Iterable[Callback] = (), *, check_numerics: bool = False,
                  inline_threshold: float = DEFAULT_INLINE_THRESHOLD, plan_cache_size: int = 256,
-                 simplify: bool = True):
+                 simplify: bool = True, fuse: bool = False):
         if isinstance(executor, str):
             if executor not in EXECUTOR_NAMES:
                 raise ValueError(f"unknown executor {executor!r}; expected one of "
@@ -126,6 +126,9 @@ class Engine:
         #: let the fetch objects rewrite their graph when a plan is compiled (their
         #: class's ``__plan_rewrite__``; for dataflow nodes, ``dataflow.simplify``)
         self.simplify = simplify
+        #: also let them fuse elementwise work into single kernels (``__plan_rewrite__``
+        #: called with ``fuse=True``; for dataflow nodes, ``dataflow.fusion``)
+        self.fuse = fuse
         self._costs: dict[Hashable, float] = {}
         self._direct_gets = 0  # plain gets that skipped compiling a plan (pooled kinds)
         self._lock = threading.Lock()
@@ -248,7 +251,7 @@ class Engine:
             if getattr(key, "graph", None) is not graph:
                 raise FeedError(f"feed {getattr(key, 'name', key)!r} belongs to another graph "
                                 "than the fetches")
-        plan = _compile(keys, list(feeds), self.simplify)
+        plan = _compile(keys, list(feeds), self.simplify, self.fuse)
         plan.workers = self.workers
         plan.seed_estimates(self._costs, self.inline_threshold)
         with self._lock:
@@ -387,18 +390,21 @@ class Engine:
         return True
 
 
-def _compile(keys: list, fed: list, rewrite: bool) -> Plan:
+def _compile(keys: list, fed: list, rewrite: bool, fuse: bool = False) -> Plan:
     """The plan for fetch ``keys`` and ``fed`` keys. With ``rewrite``, the fetch objects'
     class may first rewrite their graph: ``type(keys[0]).__plan_rewrite__(keys, fed)``
     returns ``(new keys, new fed keys, {new key: original key})``: the new keys position
     for position, and the fed keys the new graph still reads (each in the mapping).
     The plan is compiled from the new keys but speaks in the original ones: feeds are
     looked up by the original fed keys, and each task that stands for an original key
-    is reported (callbacks, ``plan.keys``) under it."""
-    hook = getattr(type(keys[0]), "__plan_rewrite__", None) if rewrite and keys else None
+    is reported (callbacks, ``plan.keys``) under it. With ``fuse``, the hook is called
+    with ``simplify=rewrite, fuse=True``."""
+    hook = getattr(type(keys[0]), "__plan_rewrite__", None) if (rewrite or fuse) and keys \
+        else None
     if hook is None:
         return Plan(keys, fed, _spec_of_object, memory_order=True)
-    new_keys, new_fed, origin = hook(keys, fed)
+    new_keys, new_fed, origin = hook(keys, fed, simplify=rewrite, fuse=True) if fuse else \
+        hook(keys, fed)
     plan = Plan(new_keys, new_fed, _spec_of_object, memory_order=True)
     if origin:
         plan.keys = [origin.get(k, k) for k in plan.keys]
