@@ -236,19 +236,23 @@ def fast_key(fetches: Any, feeds: Mapping | None) -> Hashable:
     return fetches, fed
 
 
-def fast_runner(compiled: CompiledPlan, pack: Callable[[list], Any]) -> Callable[[Any], Any]:
+def fast_runner(compiled: CompiledPlan, pack: Callable[[list], Any] | None) -> Callable[[Any], Any]:
     """``Engine.run`` for one cached (fetch structure, fed keys) pair on the inline
     executor: feeds checked in line, the compiled function, the fetches packed back
-    into their structure (numpy scalars made 0-d arrays, as ``Engine.run`` does)."""
+    into their structure by ``pack`` (``None``: one fetch, not in a structure), numpy
+    scalars made 0-d arrays, as ``Engine.run`` does."""
     fn = compiled.fn
     generic, asarray = np.generic, np.asarray
     pause = len(compiled.plan.steps) >= GC_PAUSE_MIN_STEPS
-    if not pause and len(compiled.plan.fetch_positions) == 1:
+    if not pause and pack is None:
         def run_one(feeds: Any) -> Any:
-            (value,) = fn(feeds)
-            return pack([asarray(value) if isinstance(value, generic) else value])
+            value = fn(feeds)[0]
+            return asarray(value) if isinstance(value, generic) else value
 
         return run_one
+    if pack is None:
+        def pack(values: list) -> Any:
+            return values[0]
 
     def run(feeds: Any) -> Any:
         if pause and gc.isenabled():

@@ -204,7 +204,8 @@ class Engine:
             return
         if len(self._fast_runs) >= self._plan_cache_size:
             self._fast_runs.clear()
-        self._fast_runs[key] = fast_runner(plan.compiled, pack)
+        single = not isinstance(fetches, (list, tuple, dict))
+        self._fast_runs[key] = fast_runner(plan.compiled, None if single else pack)
 
     async def run_async(self, fetches: Any, feeds: Mapping | None = None, *,
                         timeout: float | None = None, callbacks: Iterable[Callback] = ()) -> Any:
