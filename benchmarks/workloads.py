@@ -215,19 +215,21 @@ def elementwise_inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def elementwise_forward(ops: object, x, y):
-    """Ten elementwise ops (``ops`` is ``dataflow`` or ``numpy``): the loss's terms."""
-    t = ops.tanh(x * y + 0.5)       # multiply, add, tanh
-    e = ops.exp(-(x * x))           # multiply, negative, exp
-    return t * e + ops.sin(y) * 0.25  # multiply, sin, multiply, add
+    """Ten elementwise ops (``ops`` is ``dataflow`` or ``numpy``), mostly arithmetic, as
+    in activations, losses and optimizer updates: the terms of the loss."""
+    d = x - y
+    ratio = (d * d + x * y) / (x * x + 1.0)  # subtract, 2 multiply, add, multiply, add, divide
+    return ratio * ops.tanh(y) + y            # tanh, multiply, add
 
 
 def numpy_elementwise_step(x: np.ndarray, y: np.ndarray):
     """Hand-written numpy: ``sum(elementwise_forward)`` and its gradients in x and y."""
     f32 = np.float32
-    t = np.tanh(x * y + f32(0.5))
-    e = np.exp(-(x * x))
-    loss = (t * e + np.sin(y) * f32(0.25)).sum()
-    dt = e * (f32(1) - t * t)  # d/d(x*y) of t*e
-    gx = dt * y - f32(2) * x * t * e
-    gy = dt * x + f32(0.25) * np.cos(y)
+    d = x - y
+    b = x * x + f32(1)
+    f = (d * d + x * y) / b
+    t = np.tanh(y)
+    loss = (f * t + y).sum()
+    gx = (f32(2) * d + y - f32(2) * x * f) / b * t
+    gy = (x - f32(2) * d) / b * t + f * (f32(1) - t * t) + f32(1)
     return loss, gx, gy

@@ -10,24 +10,32 @@ input once, writes the result once, keeps the intermediates in registers, and LL
 vectorizes the loop for the CPU it runs on. Being a ufunc, a fused kernel broadcasts
 like numpy and can write into a dying input's buffer (the engine's buffer reuse).
 
-A group is a tree: a root, and the fusable producers that feed only the group (one
-consumer, not fetched, not fed), so that it has one output and no value is computed
-twice. Its size is bounded (``MAX_OPS`` ops, ``MAX_INPUTS`` inputs: a ufunc takes a
-bounded number of operands), so a long chain becomes several kernels. Groups of one op
-stay numpy's ufuncs, and so do groups on fewer than ``MIN_SIZE`` elements (or on
-shapes not known statically): compiling a kernel takes a tenth of a second, which only
-large arrays pay back, and on small arrays the compiled plan already removes the
-per-op overhead.
+A group is a node that must be computed (fetched, or read by a node outside any
+kernel) and the fusable producers above it, up to ``MAX_OPS`` ops and ``MAX_INPUTS``
+inputs (a ufunc takes a bounded number of operands), so a long chain becomes several
+kernels. Its kernel has one output, which numba's ufuncs need, and computes each
+member once, in statements (``t0 = i0 - i1; t1 = t0 * t0; ...``), so a value used
+twice inside costs once. A cheap producer that several kernels read is computed again
+in each of them rather than written to memory and read back (as XLA does): these
+loops are bound by memory traffic, not by a few more flops; so a forward pass and its
+gradient often need only their transcendental ops and a few kernels. Constants enter
+the source as literals of their dtype (a 0-d input would make the loop strided, and
+numba vectorizes only unit-stride loops). Groups of one op stay numpy's ufuncs, and
+so do groups on fewer than ``MIN_SIZE`` elements (or on shapes not known statically):
+compiling a kernel takes a tenth of a second, which only large arrays pay back, and on
+small arrays the compiled plan already removes the per-op overhead.
 
 Fusable: the ops of ``TEMPLATES`` (arithmetic, ``abs``, ``sqrt``, ``where``,
-``add_n``) on float32 or float64 values whose inputs have the node's dtype
+``add_n``, and ``broadcast_to``, which the kernel's own broadcasting replaces when the
+result keeps its shape) on float32 or float64 values whose inputs have the node's dtype
 (``where``'s condition: bool), so the loop computes in the dtype numpy would. These
 are all exactly rounded in IEEE arithmetic (numba compiles without fast-math, so
 nothing is reassociated or contracted into fused multiply-adds), so a fused plan gives
 bitwise the unfused plan's values, on every executor and every run. Transcendental
 functions (``exp``, ``tanh``, ...) stay numpy's: its vectorized implementations are
 several times faster than the C library's scalar ones a compiled loop would call,
-and round differently in the last bits.
+and round differently in the last bits. Floating-point errors (a division by zero)
+give the same values but no numpy warning, as in any compiled kernel.
 """
 
 from __future__ import annotations
@@ -40,8 +48,9 @@ import numpy as np
 
 from .graph import Graph, Node, ancestors
 from .op import Op
-from .ops.core import AddN, Placeholder
+from .ops.core import AddN, Constant, Placeholder
 from .ops.elementwise import Abs, Add, Divide, Multiply, Negative, Sqrt, Square, Subtract, Where
+from .ops.shape_ops import BroadcastTo
 
 __all__ = ["MAX_INPUTS", "MAX_OPS", "MIN_SIZE", "TEMPLATES", "FusedElementwise", "FusedKernel",
            "fuse"]
@@ -66,6 +75,7 @@ TEMPLATES: dict[type, str] = {
     Sqrt: "np.sqrt({0})",
     Where: "({1} if {0} else {2})",
     AddN: "",
+    BroadcastTo: "{0}",  # the kernel broadcasts its inputs itself
 }
 
 _TYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64",
@@ -77,15 +87,15 @@ _MISSING = ("Engine(fuse=True) compiles fused kernels with numba, which is not i
 
 @functools.lru_cache(maxsize=1024)
 def _compiled_ufunc(params: tuple[str, ...], expression: str, signature: str) -> Any:
-    """The ufunc of one expression, compiled once per process (plans that fuse the same
-    group share it)."""
+    """The ufunc of one kernel body (``t0 = ...; t1 = ...; return t1``), compiled once
+    per process (plans that fuse the same group share it)."""
     try:
         import numba
     except ImportError as exc:
         raise ImportError(_MISSING) from exc
     namespace: dict[str, Any] = {"np": np}
     # Our own source: input names i0, i1, ... and the operators of TEMPLATES only.
-    exec(f"def fused({', '.join(params)}):\n    return {expression}\n", namespace)  # noqa: S102
+    exec(f"def fused({', '.join(params)}): {expression}\n", namespace)  # noqa: S102
     return numba.vectorize([signature], nopython=True)(namespace["fused"])
 
 
@@ -150,6 +160,8 @@ def _fusable(node: Node) -> bool:
         cond, *inputs = node.inputs
         if cond.dtype != np.bool_:
             return False
+    elif type(op) is BroadcastTo:
+        inputs = node.inputs[:1]
     else:
         inputs = node.inputs
     return all(i.dtype == node.dtype for i in inputs)
@@ -169,7 +181,8 @@ def _large(shape: tuple) -> bool:
 def fuse(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[list, list, dict]:
     """The engine's fusion rewrite, in ``__plan_rewrite__``'s terms: the new fetch keys
     (position for position), the new keys of the fed keys, and ``{new key: original
-    key}``. Returns the keys unchanged when numexpr is missing or nothing fuses."""
+    key}``. Returns the keys unchanged when nothing fuses; raises ``ImportError``
+    without numba."""
     identity = (list(fetch_keys), list(fed_keys), {})
     keys = [*fetch_keys, *fed_keys]
     if not fetch_keys or not all(isinstance(k, Node) for k in keys):
@@ -193,7 +206,6 @@ def fuse(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[list, list
     groups = _groups(order, fed, fetched, consumers)
     if not groups:
         return identity
-    member_of = {m: root for root, (members, _) in groups.items() for m in members}
     new = Graph(f"{graph.name}.fused")
     images: dict[int, Node] = {}
     origin: dict[Node, Node] = {}
@@ -204,12 +216,12 @@ def fuse(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[list, list
             op = _FedValue(shape=node.shape, dtype=node.dtype)
             image = new._add(op, (), node.shape, node.dtype, node.name)
         elif node.id in groups:
-            members, externals = groups[node.id]
-            op = _fused_op(node, members, externals)
+            members, externals, literals = groups[node.id]
+            if not members:
+                continue  # computed only inside the kernels of its consumers
+            op = _fused_op(node, members, externals, literals)
             image = new._add(op, tuple(images[e.id] for e in externals), node.shape,
                              node.dtype, node.name)
-        elif node.id in member_of:
-            continue  # computed inside its group's kernel
         else:
             image = new._add(node.op, tuple(images[i.id] for i in node.inputs), node.shape,
                              node.dtype, node.name)
@@ -220,54 +232,119 @@ def fuse(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[list, list
 
 
 def _groups(order: list[Node], fed: set[int], fetched: set[int],
-            consumers: dict[int, dict[int, None]]) -> dict[int, tuple[list[Node], list[Node]]]:
-    """root id -> (members in id order, external inputs in first-use order), for every
-    group of two ops or more. Roots are taken from the last node back, so each group
-    grows as far up as it can (maximal); a producer joins when it is fusable, feeds
-    this group only and keeps the group within its bounds."""
-    taken: set[int] = set()
-    groups: dict[int, tuple[list[Node], list[Node]]] = {}
-    for root in reversed(order):
-        if root.id in taken or root.id in fed or not _fusable(root) or not _large(root.shape):
+            consumers: dict[int, dict[int, None]]
+            ) -> dict[int, tuple[list[Node], list[Node], dict[int, str]]]:
+    """Per node id: ``(members in id order, external inputs, {constant id: literal})``
+    for the root of each group, ``([], [], {})`` for a node no one needs as a value
+    (every consumer computes it inside its own kernel); nodes not in the result are
+    computed as they are.
+
+    Nodes are taken from the last back, so that when a node's turn comes, all its
+    consumers have decided whether they need its value. A needed node that is fusable
+    roots a group, which grows up through its fusable producers (a producer used
+    elsewhere too is computed again in this kernel: cheap arithmetic costs less than
+    writing and reading back an array) within the group's bounds; what does not join
+    is an input, and so needed."""
+    needed: set[int] = set(fetched)
+    groups: dict[int, tuple[list[Node], list[Node], dict[int, str]]] = {}
+    for node in reversed(order):
+        if node.id not in needed and node.id not in fed and not isinstance(node.op, Placeholder):
+            groups[node.id] = ([], [], {})
             continue
-        members = {root.id: root}
-        externals: dict[int, Node] = {}
-        ops = 1
-        stack = list(reversed(root.inputs))
-        while stack:
-            node = stack.pop()
-            if node.id in members:
-                continue
-            joins = (node.id not in taken and node.id not in fed and node.id not in fetched
-                     and len(consumers.get(node.id, ())) == 1 and _fusable(node)
-                     and ops < MAX_OPS
-                     and len(externals) + len(node.inputs) <= MAX_INPUTS)
-            if not joins:
-                externals.setdefault(node.id, node)
-                continue
-            externals.pop(node.id, None)
-            members[node.id] = node
-            ops += 1
-            stack.extend(reversed(node.inputs))
+        if node.id in fed or type(node.op) is BroadcastTo or not _fusable(node) \
+                or not _large(node.shape):
+            needed.update(i.id for i in node.inputs)
+            continue
+        members, externals, ops = _grow(node, fed, fetched, True)
+        if any(type(m.op) is BroadcastTo for m in members) and \
+                not _broadcasts_to(node.shape, [e.shape for e in externals]):
+            members, externals, ops = _grow(node, fed, fetched, False)
         if ops < 2:
+            needed.update(i.id for i in node.inputs)
             continue
-        taken.update(members)
-        in_order = sorted(members.values(), key=lambda n: n.id)
-        groups[root.id] = (in_order, [e for e in externals.values() if e.id not in members])
+        literals = {e.id: text for e in externals if (text := _literal(e)) is not None}
+        rest = [e for e in externals if e.id not in literals]
+        if literals and rest and _broadcasts_to(node.shape, [e.shape for e in rest]):
+            externals = rest  # written into the kernel's source instead
+        else:
+            literals = {}
+        needed.update(e.id for e in externals)
+        groups[node.id] = (members, externals, literals)
     return groups
 
 
-def _fused_op(root: Node, members: list[Node], externals: list[Node]) -> FusedElementwise:
-    """The source of a group's expression and its numba signature (the members, in id
-    order, are topological: each one's inputs are written before it, no recursion)."""
-    text: dict[int, str] = {e.id: f"i{k}" for k, e in enumerate(externals)}
+def _literal(node: Node) -> str | None:
+    """The source of a finite float constant of one element, in its dtype, or ``None``.
+    Constants enter kernels as literals: a 0-d input would make the ufunc loop
+    strided, which numba does not vectorize (several times slower)."""
+    if not isinstance(node.op, Constant) or node.dtype.kind != "f":
+        return None
+    value = np.asarray(node.op.value)
+    if value.size != 1 or not np.isfinite(value).all():
+        return None
+    number = repr(float(value.reshape(())))  # exact: a float32 is a float64 too
+    return number if node.dtype == np.float64 else f"np.{node.dtype.name}({number})"
+
+
+def _grow(root: Node, fed: set[int], fetched: set[int],
+          broadcasts: bool) -> tuple[list[Node], list[Node], int]:
+    """The group rooted at ``root``: members in id order, external inputs (in the order
+    first met), op count. A ``broadcast_to`` member (with ``broadcasts``) is no op of
+    its own: its input enters the kernel as it is, and the kernel broadcasts it."""
+    members = {root.id: root}
+    externals: dict[int, Node] = {}
+    ops = 1
+    stack = list(reversed(root.inputs))
+    while stack:
+        node = stack.pop()
+        if node.id in members or node.id in externals:
+            continue
+        is_broadcast = type(node.op) is BroadcastTo
+        inputs = node.inputs[:1] if is_broadcast else node.inputs
+        fresh = [i for i in inputs if i.id not in members and i.id not in externals]
+        joins = (node.id not in fed and node.id not in fetched and _fusable(node)
+                 and (broadcasts or not is_broadcast)
+                 and ops < MAX_OPS and len(externals) + len(fresh) <= MAX_INPUTS)
+        if not joins:
+            externals[node.id] = node
+            continue
+        members[node.id] = node
+        ops += 0 if is_broadcast else 1
+        stack.extend(reversed(inputs))
+    in_order = sorted(members.values(), key=lambda n: n.id)
+    return in_order, list(externals.values()), ops
+
+
+def _broadcasts_to(shape: tuple, shapes: list[tuple]) -> bool:
+    """Whether ``shapes`` broadcast to exactly ``shape`` (all known statically): then a
+    group whose broadcasts were left to the kernel still has its root's shape."""
+    if None in shape or any(None in s for s in shapes):
+        return False
+    try:
+        return np.broadcast_shapes(*shapes) == tuple(shape)
+    except ValueError:
+        return False
+
+
+def _fused_op(root: Node, members: list[Node], externals: list[Node],
+              literals: dict[int, str]) -> FusedElementwise:
+    """The source of a group's kernel, one statement per member (in id order, which is
+    topological: each one's inputs are assigned before it; no recursion), and its numba
+    signature."""
+    names: dict[int, str] = {e.id: f"i{k}" for k, e in enumerate(externals)}
+    names.update(literals)
     signature = f"{_TYPES[root.dtype]}({', '.join(_TYPES[e.dtype] for e in externals)})"
-    for node in members:
-        parts = [text[i.id] for i in node.inputs]
+    lines = []
+    for k, node in enumerate(members):
+        inputs = node.inputs[:1] if type(node.op) is BroadcastTo else node.inputs
+        parts = [names[i.id] for i in inputs]
         if type(node.op) is AddN:
-            text[node.id] = "(" + " + ".join(parts) + ")"  # added left to right
+            value = " + ".join(parts)  # added left to right, as add_n does
         else:
-            text[node.id] = TEMPLATES[type(node.op)].format(*parts)
-    return FusedElementwise(expression=text[root.id], signature=signature,
+            value = TEMPLATES[type(node.op)].format(*parts)
+        names[node.id] = f"t{k}"
+        lines.append(f"t{k} = {value}")
+    lines.append(f"return {names[root.id]}")
+    return FusedElementwise(expression="; ".join(lines), signature=signature,
                             shape=root.shape, dtype=root.dtype,
                             ops=tuple(n.op.name for n in members))

@@ -69,7 +69,8 @@ def test_fused_kernels_run_in_worker_processes():
 
 
 def test_fused_kernels_pickle_as_their_source():
-    kernel = fusion.FusedKernel(("i0", "i1"), "((i0 * i1) + i0)", "float64(float64, float64)")
+    kernel = fusion.FusedKernel(("i0", "i1"), "t0 = i0 * i1; return t0 + i0",
+                                "float64(float64, float64)")
     a, b = np.arange(3.0), np.full(3, 2.0)
     assert np.array_equal(kernel(a, b), a * b + a)
     copy = pickle.loads(pickle.dumps(kernel))
@@ -87,28 +88,52 @@ def chain(n_ops: int, size: int = N):
     return x, y
 
 
-def test_groups_are_maximal_trees_within_their_bounds():
+def fused_sources(engine, fetches, feeds) -> dict[str, str]:
+    plan = engine.plan(list(dict.fromkeys(fetches)), feeds)
+    return {plan.names[p]: plan.kernels[p].expression for p in plan.compute
+            if plan.ops[p] == "fused"}
+
+
+def test_groups_are_maximal_within_their_bounds():
     x, y = chain(fusion.MAX_OPS * 2 + 5)
     feeds = {x: np.linspace(0, 1, N)}
     with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
         assert len(fused_ops(engine, [y], feeds)) == 3  # 64 + 64 + 5 ops
         assert_bitwise([engine.run(y, feeds)], [plain.run(y, feeds)], "chain")
-    # A value with two consumers, or fetched, ends a group: it is some kernel's output.
+    # A value used twice in a group is computed once; constants are literals.
     with df.Graph():
-        x = df.placeholder("x", (N,))
+        x = df.placeholder("x", (N,), "float32")
         shared = (x + 1.0) * 2.0
         a = shared * shared - 1.0
         b = -shared
         out = a + b
-    feeds = {x: np.linspace(0, 1, N)}
+    feeds = {x: np.linspace(0, 1, N, dtype="float32")}
     with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
-        plan = engine.plan([out], feeds)
-        fused = {plan.names[p]: plan.kernels[p].expression for p in plan.compute
-                 if plan.ops[p] == "fused"}
-        assert fused == {shared.name: "((i0 + i1) * i2)", out.name: "(((i0 * i0) - i1) + (-i0))"}
+        assert fused_sources(engine, [out], feeds) == {out.name: (
+            "t0 = (i0 + np.float32(1.0)); t1 = (t0 * np.float32(2.0)); t2 = (t1 * t1); "
+            "t3 = (t2 - np.float32(1.0)); t4 = (-t1); t5 = (t3 + t4); return t5")}
         assert_bitwise([engine.run(out, feeds)], [plain.run(out, feeds)], "shared")
+        # A fetched value is a kernel's output; its consumers read it.
+        sources = fused_sources(engine, [shared, out], feeds)
+        assert sources[out.name].startswith("t0 = (i0 * i0)")
         both = engine.run([shared, out], feeds)
         assert_bitwise(both, plain.run([shared, out], feeds), "fetched intermediate")
+
+
+def test_a_cheap_value_used_by_several_kernels_is_computed_in_each():
+    with df.Graph():
+        x = df.placeholder("x", (N,))
+        y = df.placeholder("y", (N,))
+        d = x - y                   # read by both kernels below: recomputed, never stored
+        u = df.tanh(d * 2.0 + 1.0)  # tanh is not fused: it cuts the graph
+        out = [d * u + d, d / (u + 2.0)]
+    feeds = {x: np.linspace(0, 1, N), y: np.linspace(1, 3, N)}
+    with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
+        plan = engine.plan(out, feeds)
+        assert d.name not in plan.names
+        assert len(fused_ops(engine, out, feeds)) == 3
+        for _ in range(3):
+            assert_bitwise(engine.run(out, feeds), plain.run(out, feeds), "recomputed")
 
 
 def test_small_or_unknown_shapes_and_other_dtypes_are_not_fused():
