@@ -255,11 +255,16 @@ def _groups(order: list[Node], fed: set[int], fetched: set[int],
                 or not _large(node.shape):
             needed.update(i.id for i in node.inputs)
             continue
-        members, externals, ops = _grow(node, fed, fetched, True)
-        if any(type(m.op) is BroadcastTo for m in members) and \
-                not _broadcasts_to(node.shape, [e.shape for e in externals]):
-            members, externals, ops = _grow(node, fed, fetched, False)
-        if ops < 2:
+        budget, members, externals, ops = MAX_OPS, [], [], 0
+        while budget >= 2:
+            members, externals, ops = _grow(node, fed, fetched, True, budget)
+            if any(type(m.op) is BroadcastTo for m in members) and \
+                    not _broadcasts_to(node.shape, [e.shape for e in externals]):
+                members, externals, ops = _grow(node, fed, fetched, False, budget)
+            if len(externals) <= MAX_INPUTS:
+                break
+            budget //= 2  # too many inputs: a smaller group reads fewer
+        if ops < 2 or len(externals) > MAX_INPUTS:
             needed.update(i.id for i in node.inputs)
             continue
         literals = {e.id: text for e in externals if (text := _literal(e)) is not None}
@@ -286,11 +291,12 @@ def _literal(node: Node) -> str | None:
     return number if node.dtype == np.float64 else f"np.{node.dtype.name}({number})"
 
 
-def _grow(root: Node, fed: set[int], fetched: set[int],
-          broadcasts: bool) -> tuple[list[Node], list[Node], int]:
-    """The group rooted at ``root``: members in id order, external inputs (in the order
-    first met), op count. A ``broadcast_to`` member (with ``broadcasts``) is no op of
-    its own: its input enters the kernel as it is, and the kernel broadcasts it."""
+def _grow(root: Node, fed: set[int], fetched: set[int], broadcasts: bool,
+          budget: int) -> tuple[list[Node], list[Node], int]:
+    """The group rooted at ``root``, of at most ``budget`` ops: members in id order,
+    external inputs (in the order first met), op count. A ``broadcast_to`` member (with
+    ``broadcasts``) is no op of its own: its input enters the kernel as it is, and the
+    kernel broadcasts it."""
     members = {root.id: root}
     externals: dict[int, Node] = {}
     ops = 1
@@ -304,7 +310,7 @@ def _grow(root: Node, fed: set[int], fetched: set[int],
         fresh = [i for i in inputs if i.id not in members and i.id not in externals]
         joins = (node.id not in fed and node.id not in fetched and _fusable(node)
                  and (broadcasts or not is_broadcast)
-                 and ops < MAX_OPS and len(externals) + len(fresh) <= MAX_INPUTS)
+                 and ops < budget and len(externals) + len(fresh) <= MAX_INPUTS)
         if not joins:
             externals[node.id] = node
             continue

@@ -120,6 +120,22 @@ def test_groups_are_maximal_within_their_bounds():
         assert_bitwise(both, plain.run([shared, out], feeds), "fetched intermediate")
 
 
+def test_kernels_take_a_bounded_number_of_inputs():
+    with df.Graph():
+        xs = [df.placeholder(f"p{k}", (N,)) for k in range(40)]
+        layer = list(xs)
+        while len(layer) > 1:  # a balanced tree of 39 additions over 40 inputs
+            layer = [a + b for a, b in zip(layer[::2], layer[1::2])] + layer[len(layer) // 2 * 2:]
+        out = layer[0] * 0.5
+    feeds = {x: np.full(N, float(k)) for k, x in enumerate(xs)}
+    with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
+        plan = engine.plan([out], feeds)
+        fused = [p for p in plan.compute if plan.ops[p] == "fused"]
+        assert len(fused) >= 3
+        assert all(len(plan.args[p]) <= fusion.MAX_INPUTS for p in fused)
+        assert_bitwise([engine.run(out, feeds)], [plain.run(out, feeds)], "tree")
+
+
 def test_a_cheap_value_used_by_several_kernels_is_computed_in_each():
     with df.Graph():
         x = df.placeholder("x", (N,))
