@@ -51,7 +51,7 @@ class NumericsError(SchedulerError, FloatingPointError):
 
 
 def raise_task_error(name: str, op: str, exc: BaseException) -> NoReturn:
-    """Raise the error of a run whose task ``name`` (op ``op``) raised ``exc``. Every
-    driver reports a failing task through this one function, so that all of them name
-    it the same way."""
+    """Raise the run's error for its task ``name`` (op ``op``), which raised ``exc``:
+    one definition of how a failing task is reported, shared by the plan's walk and
+    its compiled form so that both name the task alike."""
     raise NodeError(name, op, exc) from exc
