@@ -206,7 +206,7 @@ def test_threads_engines_walk_compiled_plans_too():
         assert not engine._fast_runs  # only the inline executor skips the dispatch
 
 
-def test_a_long_chain_compiles_in_reasonable_time():
+def test_the_largest_compilable_plan_compiles():
     with df.Graph():
         x = df.placeholder("x", (2,))
         y = x

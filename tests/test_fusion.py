@@ -164,6 +164,15 @@ def test_small_or_unknown_shapes_and_other_dtypes_are_not_fused():
         assert fused_ops(engine, ys, {u: np.zeros(N), i: np.zeros(N, "int64")}) == []
 
 
+def test_fusion_without_simplification():
+    x, y = chain(6)
+    feeds = {x: np.linspace(0, 1, N)}
+    with scheduler.Engine("inline", fuse=True, simplify=False) as engine, \
+            scheduler.Engine("inline", simplify=False) as plain:
+        assert len(fused_ops(engine, [y], feeds)) == 1
+        assert_bitwise([engine.run(y, feeds)], [plain.run(y, feeds)], "not simplified")
+
+
 def test_a_fed_intermediate_cuts_its_group():
     x, y = chain(6)
     mid = y.inputs[0].inputs[0]  # two ops before the end
