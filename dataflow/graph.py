@@ -536,11 +536,22 @@ class Node:
         return node
 
     @staticmethod
-    def __plan_rewrite__(fetch_keys: list, fed_keys: list) -> tuple[list, list, dict]:
-        """Simplify the graph before the engine compiles a plan (``dataflow.rewrite``)."""
+    def __plan_rewrite__(fetch_keys: list, fed_keys: list, *, simplify: bool = True,
+                         fuse: bool = False) -> tuple[list, list, dict]:
+        """Simplify the graph before the engine compiles a plan (``dataflow.rewrite``),
+        and with ``fuse``, fuse its elementwise nodes (``dataflow.fusion``)."""
         from .rewrite import plan_rewrite
 
-        return plan_rewrite(fetch_keys, fed_keys)
+        keys, fed, origin = plan_rewrite(fetch_keys, fed_keys) if simplify else \
+            (list(fetch_keys), list(fed_keys), {})
+        if not fuse:
+            return keys, fed, origin
+        from .fusion import fuse as fuse_elementwise
+
+        keys, fed, fused_origin = fuse_elementwise(keys, fed)
+        for new, old in fused_origin.items():
+            fused_origin[new] = origin.get(old, old)
+        return keys, fed, fused_origin or origin
 
     # -- operators (implemented in dataflow.ops; imported lazily to avoid a cycle) -------
     def __add__(self, other: Any) -> Node:

@@ -125,12 +125,14 @@ class CheckedKernel:
 
 
 def reusable_inputs(node: Node, kernel: Any) -> tuple[int, ...]:
-    """The inputs whose buffer ``kernel`` (a one-output numpy ufunc) may write ``node``'s
+    """The inputs whose buffer ``kernel`` (a one-output numpy ufunc, or a kernel that
+    says it ``writes_out`` like one, such as a fused one) may write ``node``'s
     value into: same dtype, and a shape that is the output's whatever the unknown dims
     turn out to be; none for outputs known to be under ``REUSE_MIN_BYTES``. An input's
     unknown dim is safe only where every other input has no such dim or a 1 (else the
     other could be the larger one at run time)."""
-    if not isinstance(kernel, np.ufunc) or kernel.nout != 1:
+    one_output_ufunc = isinstance(kernel, np.ufunc) and kernel.nout == 1
+    if not one_output_ufunc and not getattr(kernel, "writes_out", False):
         return ()
     out_shape = node.shape
     if None not in out_shape and math.prod(out_shape) * node.dtype.itemsize < REUSE_MIN_BYTES:

@@ -74,9 +74,17 @@ import numpy as np
 
 from .blas import IntraOpThreads
 from .callbacks import Callback, RunInfo, TaskRecord
+from .compiled import compiled_for, fast_key, fast_runner
 from .dask_compat import DaskGet
 from .direct import DirectWalk, scan, walk
-from .errors import FeedError, NodeError, NumericsError, RunCancelled, add_node_note
+from .errors import (
+    FeedError,
+    NodeError,
+    NumericsError,
+    RunCancelled,
+    add_node_note,
+    raise_task_error,
+)
 from .executors import (
     EXECUTOR_NAMES,
     TaskRaised,
@@ -167,7 +175,8 @@ class Engine:
     def __init__(self, executor: Any = "threads", workers: int | None = None,
                  callbacks: Iterable[Callback] = (), *, check_numerics: bool = False,
                  inline_threshold: float = DEFAULT_INLINE_THRESHOLD, plan_cache_size: int = 256,
-                 simplify: bool = True, intra_op_threads: int | None = None):
+                 simplify: bool = True, intra_op_threads: int | None = None,
+                 fuse: bool = False):
         if isinstance(executor, str):
             if executor not in EXECUTOR_NAMES:
                 raise ValueError(f"unknown executor {executor!r}; expected one of "
@@ -189,10 +198,16 @@ class Engine:
         #: where ready tasks run (see ``placement.py``)
         self.placement = Placement(self.kind, float(inline_threshold), self._external)
         self._plans: OrderedDict[Hashable, Plan] = OrderedDict()
+        #: ``run``'s fast path: (fetch structure, fed keys) -> the whole cached run,
+        #: compiled (``compiled.fast_runner``); plain inline runs only
+        self._fast_runs: dict[Hashable, Any] = {}
         self._plan_cache_size = plan_cache_size
         #: let the fetch objects rewrite their graph when a plan is compiled (their
         #: class's ``__plan_rewrite__``; for dataflow nodes, ``dataflow.simplify``)
         self.simplify = simplify
+        #: also let them fuse elementwise work into single kernels (``__plan_rewrite__``
+        #: called with ``fuse=True``; for dataflow nodes, ``dataflow.fusion``)
+        self.fuse = fuse
         self._costs = CostTable()
         self._direct_gets = 0  # plain gets that skipped compiling a plan (pooled kinds)
         self._lock = threading.Lock()
@@ -224,6 +239,7 @@ class Engine:
         """Shut down the pools this engine started. Runs in flight finish their tasks."""
         with self._lock:  # a run creating a pool right now either stores it first or fails
             self._closed = True
+        self._fast_runs.clear()
         self._finalizer()
 
     def __repr__(self) -> str:
@@ -279,16 +295,47 @@ class Engine:
             A failing node's own exception, with a note naming the node and its op;
             nothing new starts after it and the engine stays usable.
         """
+        if timeout is None and not callbacks and self._fast_runs:
+            try:
+                fast = self._fast_runs.get(fast_key(fetches, feeds))
+            except TypeError:  # an unhashable fetch structure: the ordinary path says why
+                fast = None
+            if fast is not None:
+                return fast(feeds)
         return self._run(fetches, feeds, timeout, callbacks, None)
 
     def _run(self, fetches: Any, feeds: Mapping | None, timeout: float | None,
              callbacks: Iterable[Callback], cancel: threading.Event | None) -> Any:
-        fetches, feeds = resolve_names(fetches, feeds)
+        resolved, resolved_feeds = resolve_names(fetches, feeds)
+        # A request by name takes the ordinary path every time (the fast path is keyed
+        # by the objects given, and names are looked up per run).
+        by_name = resolved is not fetches or resolved_feeds is not feeds
+        fetches, feeds = resolved, resolved_feeds
         keys, pack = _flatten_fetches(fetches)
-        feeds = dict(feeds or {})
+        given, feeds = feeds, dict(feeds or {})
         plan = self.plan(keys, feeds)
         values = self.execute(plan, feeds, timeout=timeout, callbacks=callbacks, cancel=cancel)
+        if plan.compiled and self.kind == "inline" and timeout is None and cancel is None \
+                and not by_name and not self.callbacks and not callbacks \
+                and not self.check_numerics:
+            self._remember_fast_run(fetches, given, plan, pack)
         return pack(distinct_arrays([_as_array(v) for v in values]))
+
+    def _remember_fast_run(self, fetches: Any, feeds: Mapping | None, plan: Plan,
+                           pack: Any) -> None:
+        """Let later runs of these fetches and fed keys go straight to the compiled plan
+        (a plain inline run only walks the plan, so the whole run may be compiled)."""
+        try:
+            key = fast_key(fetches, feeds)
+        except TypeError:
+            return
+        if len(self._fast_runs) >= self._plan_cache_size:
+            self._fast_runs.clear()
+        if isinstance(fetches, (list, tuple, dict)):
+            self._fast_runs[key] = fast_runner(
+                plan.compiled, lambda values: pack(distinct_arrays(values)))
+        else:  # one fetch: nothing to keep apart
+            self._fast_runs[key] = fast_runner(plan.compiled, None)
 
     async def run_async(self, fetches: Any, feeds: Mapping | None = None, *,
                         timeout: float | None = None, callbacks: Iterable[Callback] = ()) -> Any:
@@ -387,7 +434,7 @@ class Engine:
             if getattr(key, "graph", None) is not graph:
                 raise FeedError(f"feed {getattr(key, 'name', key)!r} belongs to another graph "
                                 "than the fetches")
-        plan = _compile(keys, list(feeds), self.simplify)
+        plan = _compile(keys, list(feeds), self.simplify, self.fuse)
         plan.workers = self.workers
         plan.seed_estimates(self._costs, self.inline_threshold)
         with self._lock:
@@ -570,18 +617,21 @@ class Engine:
         return all(cheap(costs.get(key)) for key in direct.cost_keys())
 
 
-def _compile(keys: list, fed: list, rewrite: bool) -> Plan:
+def _compile(keys: list, fed: list, rewrite: bool, fuse: bool = False) -> Plan:
     """The plan for fetch ``keys`` and ``fed`` keys. With ``rewrite``, the fetch objects'
     class may first rewrite their graph: ``type(keys[0]).__plan_rewrite__(keys, fed)``
     returns ``(new keys, new fed keys, {new key: original key})``: the new keys position
     for position, and the fed keys the new graph still reads (each in the mapping).
     The plan is compiled from the new keys but speaks in the original ones: feeds are
     looked up by the original fed keys, and each task that stands for an original key
-    is reported (callbacks, ``plan.keys``) under it."""
-    hook = getattr(type(keys[0]), "__plan_rewrite__", None) if rewrite and keys else None
+    is reported (callbacks, ``plan.keys``) under it. With ``fuse``, the hook is called
+    with ``simplify=rewrite, fuse=True``."""
+    hook = getattr(type(keys[0]), "__plan_rewrite__", None) if (rewrite or fuse) and keys \
+        else None
     if hook is None:
         return Plan(keys, fed, _spec_of_object, memory_order=True)
-    new_keys, new_fed, origin = hook(keys, fed)
+    new_keys, new_fed, origin = hook(keys, fed, simplify=rewrite, fuse=True) if fuse else \
+        hook(keys, fed)
     plan = Plan(new_keys, new_fed, _spec_of_object, memory_order=True)
     if origin:
         plan.keys = [origin.get(k, k) for k in plan.keys]
@@ -590,7 +640,13 @@ def _compile(keys: list, fed: list, rewrite: bool) -> Plan:
 
 
 def _walk(plan: Plan, values: list, cancel: threading.Event | None = None) -> None:
-    """Run every task in the plan's order on this thread, freeing values as they die."""
+    """Run every task in the plan's order on this thread, freeing values as they die
+    (compiled to one function once the plan is walked again, see ``compiled.py``)."""
+    if cancel is None:
+        compiled = compiled_for(plan)
+        if compiled is not None:
+            compiled.run_table(values)
+            return
     p = -1
     try:
         for p, kernel, args, dies, donor in _steps(plan, cancel):
@@ -610,8 +666,7 @@ def _walk(plan: Plan, values: list, cancel: threading.Event | None = None) -> No
     except RunCancelled:
         raise
     except Exception as exc:
-        add_node_note(exc, plan.names[p], plan.ops[p])
-        raise
+        raise_task_error(plan.names[p], plan.ops[p], exc)
 
 
 def _steps(plan: Plan, cancel: threading.Event | None) -> Any:

@@ -11,6 +11,7 @@ own exception (a worker died, a task or its result could not be sent).
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 
 class SchedulerError(Exception):
@@ -124,3 +125,11 @@ class NumericsError(SchedulerError, FloatingPointError):
         self.node_name = name
         self.op = op
         super().__init__(f"node {name!r} (op {op}) produced {what}")
+
+
+def raise_task_error(name: str, op: str, exc: BaseException) -> NoReturn:
+    """Raise the run's error for its task ``name`` (op ``op``), which raised ``exc``:
+    ``exc`` itself, with a note naming the task (:func:`add_node_note`). One definition
+    of how a failing task is reported, shared by the plan's walks and its compiled
+    form, so that all name the task alike."""
+    raise add_node_note(exc, name, op)

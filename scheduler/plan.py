@@ -159,6 +159,10 @@ class Plan:
         #: the pool size the engine will use (set by the engine; it weighs ``use_pool``)
         self.workers = 1
         self.runs = 0
+        #: the plan's walk compiled to a function (``compiled.py``): ``None`` until it
+        #: is, ``False`` if it never will be; and how many sequential walks asked for it
+        self.compiled: Any = None
+        self.sequential_runs = 0
 
     #: what only the pooled driver (and analyses of the plan) need; built on first use,
     #: so that a plan that is only ever walked (a one-off ``scheduler.get``) skips it

@@ -174,7 +174,8 @@ def test_branches_several_ys_and_second_order_are_bitwise_equal():
 
 def peak_bytes(fetches, feeds, executor):
     with scheduler.Engine(executor, workers=2) as engine:
-        engine.run(fetches, feeds)  # compile, learn costs
+        for _ in range(5):  # plan, learn costs, compile the walk to a function
+            engine.run(fetches, feeds)
         gc.collect()
         tracemalloc.start()
         try:

@@ -239,3 +239,35 @@ def sleep_then(seconds: float, value):
 
     time.sleep(seconds)
     return value
+
+
+# -- elementwise-heavy forward + gradient (fusion) ---------------------------------------
+
+EW_N = 4_000_000
+
+
+def elementwise_inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    r = np.random.default_rng(seed)
+    return (r.standard_normal(EW_N).astype(np.float32),
+            r.standard_normal(EW_N).astype(np.float32))
+
+
+def elementwise_forward(ops: object, x, y):
+    """Ten elementwise ops (``ops`` is ``dataflow`` or ``numpy``), mostly arithmetic, as
+    in activations, losses and optimizer updates: the terms of the loss."""
+    d = x - y
+    ratio = (d * d + x * y) / (x * x + 1.0)  # subtract, 2 multiply, add, multiply, add, divide
+    return ratio * ops.tanh(y) + y            # tanh, multiply, add
+
+
+def numpy_elementwise_step(x: np.ndarray, y: np.ndarray):
+    """Hand-written numpy: ``sum(elementwise_forward)`` and its gradients in x and y."""
+    f32 = np.float32
+    d = x - y
+    b = x * x + f32(1)
+    f = (d * d + x * y) / b
+    t = np.tanh(y)
+    loss = (f * t + y).sum()
+    gx = (f32(2) * d + y - f32(2) * x * f) / b * t
+    gy = (x - f32(2) * d) / b * t + f * (f32(1) - t * t) + f32(1)
+    return loss, gx, gy
