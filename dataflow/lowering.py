@@ -8,10 +8,11 @@ and a cost key that lets it learn how long nodes of this op and these shapes tak
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
+from scheduler.errors import NodeError
 from scheduler.spec import REUSE_MIN_BYTES, TaskSpec
 
 from .errors import ShapeError
@@ -30,7 +31,7 @@ def task_spec(node: Node) -> TaskSpec:
     numpy_inputs = all(i.op.returns_numpy and i.op.builtin for i in node.inputs)
     kernel = op.kernel() if numpy_inputs or not op.kernel_takes_numpy_only else op.forward
     if not op.builtin:
-        kernel = CheckedKernel(kernel, op.name, node.shape, node.dtype)
+        kernel = CheckedKernel(kernel, node.name, op.name, node.shape, node.dtype)
     return TaskSpec(kernel, node.inputs, node.name, op.name, cost_key=cost_key,
                     check_feed=feed_check(node), reusable=reusable_inputs(node, kernel),
                     cost_hint=cost_hint(node))
@@ -90,10 +91,11 @@ class CheckedKernel:
     A plain class rather than a closure, so that process pools can pickle it (when
     the kernel itself can be)."""
 
-    __slots__ = ("kernel", "op", "shape", "dtype")
+    __slots__ = ("kernel", "name", "op", "shape", "dtype")
 
-    def __init__(self, kernel: Any, op: str, shape: tuple, dtype: np.dtype):
+    def __init__(self, kernel: Any, name: str, op: str, shape: tuple, dtype: np.dtype):
         self.kernel = kernel
+        self.name = name
         self.op = op
         self.shape = shape
         self.dtype = dtype
@@ -105,23 +107,28 @@ class CheckedKernel:
             try:
                 value = np.asarray(value)
             except Exception as exc:  # noqa: BLE001 - reported as the contract break
-                raise TypeError(f"op {self.op} returned a {given}, not an array of dtype "
-                                f"{self.dtype} ({exc})") from None
+                self._broken(TypeError(f"op {self.op} returned a {given}, not an array of "
+                                       f"dtype {self.dtype} ({exc})"))
             if value.dtype == object:
-                raise TypeError(f"op {self.op} returned a {given}, not an array of dtype "
-                                f"{self.dtype}")
+                self._broken(TypeError(f"op {self.op} returned a {given}, not an array of "
+                                       f"dtype {self.dtype}"))
         shape = np.shape(value)
         if len(shape) != len(self.shape) or any(
                 d is not None and d != a for d, a in zip(self.shape, shape)):
-            raise ShapeError(f"op {self.op} returned shape {fmt(shape)} where its shape "
-                             f"rule gave {fmt(self.shape)}")
+            self._broken(ShapeError(f"op {self.op} returned shape {fmt(shape)} where its "
+                                    f"shape rule gave {fmt(self.shape)}"))
         if value.dtype != self.dtype:
-            raise TypeError(f"op {self.op} returned dtype {value.dtype} where its shape "
-                            f"rule gave {self.dtype}")
+            self._broken(TypeError(f"op {self.op} returned dtype {value.dtype} where its "
+                                   f"shape rule gave {self.dtype}"))
         return value
 
+    def _broken(self, reason: Exception) -> NoReturn:
+        # The op broke its own contract: no exception of the kernel's, so a NodeError
+        # naming the node (the kernel itself ran fine).
+        raise NodeError(self.name, self.op, reason) from None
+
     def __reduce__(self) -> tuple:
-        return (CheckedKernel, (self.kernel, self.op, self.shape, self.dtype))
+        return (CheckedKernel, (self.kernel, self.name, self.op, self.shape, self.dtype))
 
 
 def reusable_inputs(node: Node, kernel: Any) -> tuple[int, ...]:

@@ -683,6 +683,9 @@ class DaskExecutor(cf.Executor):
             p, _, _, original, nonfinite = error.args
             if nonfinite is not None:
                 return NumericsError(plan.names[p], plan.ops[p], nonfinite)
+            if isinstance(original, RemoteError):
+                # The task's own error could not be sent back: only its summary came.
+                return NodeError(plan.names[p], plan.ops[p], original)
             if original.__traceback__ is None:
                 original.__traceback__ = error.__traceback__
             return add_node_note(original, plan.names[p], plan.ops[p])

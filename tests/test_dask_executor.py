@@ -474,9 +474,9 @@ def test_a_recursion_error_reports_back(local_executor):
     arrive as the node's error, promptly, not hang the run or end it in a timeout."""
     dsk = {"x": 1, "a": (inc, "x"), "deep": (recurse_deep, "a")}
     started = time.perf_counter()
-    with pytest.raises(NodeError, match="deep") as info:
+    with pytest.raises(RecursionError) as info:
         scheduler.get(dsk, "deep", executor=local_executor, timeout=30)
-    assert isinstance(info.value.__cause__, RecursionError)
+    assert any("'deep'" in note for note in getattr(info.value, "__notes__", ()))
     assert time.perf_counter() - started < 15
 
 
@@ -546,7 +546,7 @@ def test_close_during_a_run_gives_the_documented_error(monkeypatch):
 
     # Engine("dask") on an in-process cluster: it starts in a fraction of a second.
     monkeypatch.setattr(engine_module, "make_pool",
-                        lambda kind, workers: DaskExecutor(n_workers=1, processes=False))
+                        lambda kind, workers, *args: DaskExecutor(n_workers=1, processes=False))
     engine = scheduler.Engine("dask", workers=1)
     dsk = {"x": 0, "a": (slow, "x"), "b": (inc, "a")}
     outcome: list = []
