@@ -17,6 +17,7 @@ from .errors import (
     FeedError,
     NodeError,
     NumericsError,
+    RemoteError,
     RunCancelled,
     SchedulerError,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "Callback", "CycleError", "Engine", "FeedError", "NO_VALUE", "NodeError", "NodeRecord",
     "NumericsError", "Plan", "Profiler", "ProgressBar", "RunCancelled", "RunInfo", "RunProfile",
     "SchedulerError",
+    "RemoteError",
     "TaskRecord", "TaskSpec", "get", "progress", "run",
 ]
 

@@ -20,10 +20,9 @@ here. Instead :meth:`DaskExecutor.run_plan` sends the whole plan at once:
 Errors: a kernel that raises inside a fused task is reported as ``_TaskFailed`` with
 the node's plan position, which the client turns back into ``NodeError`` naming the
 node and op (the original exception is ``__cause__``). What a worker sends back must
-pickle, or the error never arrives and the run hangs: tracebacks are cut to
-``MAX_TRACEBACK_FRAMES`` frames (a ``RecursionError`` brings a thousand), and an
-exception that still does not survive a pickle round trip is sent as a
-:class:`RemoteError` summary (its type, message and traceback as text). Stopping: when
+pickle, or the error never arrives and the run hangs: ``errors.sendable`` cuts its
+tracebacks short (a ``RecursionError`` brings a thousand frames) and replaces an
+exception that still does not survive a pickle round trip by a ``RemoteError``. Stopping: when
 a run fails, times out or is cancelled (``execute(cancel=...)``, a cancelled
 ``run_async``), its futures are cancelled, so no task of it starts, and every worker
 is told the run stopped, so that a fused task in progress starts no further node.
@@ -57,7 +56,7 @@ from weakref import WeakKeyDictionary
 import numpy as np
 
 from .callbacks import Callback, RunInfo, TaskRecord
-from .errors import NodeError, NumericsError, RunCancelled, SchedulerError
+from .errors import NodeError, NumericsError, RemoteError, RunCancelled, SchedulerError, sendable
 from .executors import default_workers
 from .plan import Plan
 
@@ -81,8 +80,6 @@ __all__ = ["DaskExecutor", "RemoteError", "RemoteValue"]
 
 #: literal and fed values at least this large (in bytes) are scattered, not embedded
 DEFAULT_SCATTER_THRESHOLD = 64 * 1024
-#: a traceback sent back from a worker keeps this many frames: its first and last halves
-MAX_TRACEBACK_FRAMES = 40
 #: how often a cancellable run waiting on the cluster looks at its cancel flag (seconds)
 CANCEL_POLL_SECONDS = 0.02
 
@@ -142,60 +139,6 @@ def _stop_run(token: str) -> None:
         while len(_STOPPED) >= _MAX_PENDING_RUNS:
             _STOPPED.pop(next(iter(_STOPPED)))
         _STOPPED[token] = None
-
-
-class RemoteError(Exception):
-    """An exception raised on a worker that could not be sent back as itself (it does
-    not survive pickling): its type's name, its message and its traceback, as text."""
-
-    def __init__(self, type_name: str, message: str, traceback_text: str):
-        super().__init__(type_name, message, traceback_text)
-        self.type_name = type_name
-        self.message = message
-        self.traceback_text = traceback_text
-
-    def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}"
-
-
-def _trim_traceback(tb: Any) -> None:
-    """Cut a traceback down to its first and last MAX_TRACEBACK_FRAMES // 2 frames, in
-    place (a traceback is a linked list of frames; ``tb_next`` is writable)."""
-    frames = []
-    while tb is not None:
-        frames.append(tb)
-        tb = tb.tb_next
-    if len(frames) > MAX_TRACEBACK_FRAMES:
-        half = MAX_TRACEBACK_FRAMES // 2
-        frames[half - 1].tb_next = frames[-half]
-
-
-def _sendable(exc: BaseException) -> BaseException:
-    """``exc`` made fit to travel back to the client: the tracebacks of it and of the
-    exceptions it was raised from or while handling, trimmed; and if it still does not
-    survive a pickle round trip, a :class:`RemoteError` that describes it."""
-    seen: set[int] = set()
-    chain = [exc]
-    while chain:  # its causes and contexts, iteratively (they may form a cycle)
-        e = chain.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        _trim_traceback(e.__traceback__)
-        chain.extend((e.__cause__, e.__context__))
-    try:
-        _wire.loads(_wire.dumps(exc))
-        return exc
-    except Exception:  # noqa: BLE001 - any failure to pickle means: send a summary
-        pass
-    import traceback
-
-    try:
-        message = str(exc)
-    except Exception:  # noqa: BLE001
-        message = object.__repr__(exc)
-    text = "".join(traceback.format_tb(exc.__traceback__))
-    return RemoteError(type(exc).__qualname__, message, text)
 
 
 def _worker_address() -> str:
@@ -276,7 +219,7 @@ class _Chain:
                 try:
                     value = kernel(*args)
                 except Exception as exc:
-                    failure = _sendable(exc)
+                    failure = sendable(exc, _wire.dumps, _wire.loads)
                 if failure is not None:  # raised out here: no context refers to ``exc``
                     raise _TaskFailed(p, name, op, failure, None).with_traceback(
                         failure.__traceback__)

@@ -1,10 +1,18 @@
 """Errors raised by the execution layer.
 
 Every error that concerns one task names it (its name and op), so that a failure
-deep inside a 100,000-node graph can be traced back to the node that caused it.
+deep inside a 100,000-node graph can be traced back to the node that caused it. Also
+how a task's exception is made fit to cross from a worker process back to the driver
+(``sendable``).
 """
 
 from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
 
 
 class SchedulerError(Exception):
@@ -46,3 +54,66 @@ class NumericsError(SchedulerError, FloatingPointError):
         self.node_name = name
         self.op = op
         super().__init__(f"node {name!r} (op {op}) produced {what}")
+
+
+class RemoteError(Exception):
+    """Stands in for a task's exception, raised in a worker process, that could not be
+    sent back as itself (it does not survive a pickle round trip): its type's name, its
+    message and its traceback, as text. It is the task's error, not the scheduler's."""
+
+    def __init__(self, type_name: str, message: str, traceback_text: str):
+        super().__init__(type_name, message, traceback_text)
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"
+
+
+#: an exception sent back from a worker keeps this many frames of each traceback: the
+#: first and the last half (where it was called, and where it was raised)
+MAX_TRACEBACK_FRAMES = 40
+
+
+def _trim_traceback(tb: TracebackType | None) -> None:
+    """Cut a traceback down to MAX_TRACEBACK_FRAMES frames, in place (a traceback is a
+    linked list of frames whose ``tb_next`` is writable)."""
+    frames = []
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    if len(frames) > MAX_TRACEBACK_FRAMES:
+        half = MAX_TRACEBACK_FRAMES // 2
+        frames[half - 1].tb_next = frames[-half]
+
+
+def sendable(exc: BaseException, dumps: Callable[[Any], bytes] = pickle.dumps,
+             loads: Callable[[bytes], Any] = pickle.loads) -> BaseException:
+    """``exc``, made fit to travel from a worker process back to the driver with the
+    pickler ``dumps``/``loads`` of the channel: the tracebacks of it and of the
+    exceptions it was raised from or while handling, trimmed (a ``RecursionError``
+    carries a thousand frames, too deep to pickle); then, if it still does not survive
+    a round trip (an unpicklable argument, an ``__init__`` that unpickling cannot call),
+    a :class:`RemoteError` describing it. An error that cannot be sent would otherwise
+    never arrive (a dask run hangs) or break the channel (a process pool)."""
+    seen: set[int] = set()
+    chain: list[BaseException | None] = [exc]
+    while chain:  # its causes and contexts, iteratively (they may form a cycle)
+        e = chain.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        _trim_traceback(e.__traceback__)
+        chain.extend((e.__cause__, e.__context__))
+    try:
+        loads(dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any failure to pickle means: send a summary
+        pass
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__
+        message = object.__repr__(exc)
+    text = "".join(traceback.format_tb(exc.__traceback__))
+    return RemoteError(type(exc).__qualname__, message, text).with_traceback(exc.__traceback__)

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from . import shared_arrays
+from .errors import sendable
 
 EXECUTOR_NAMES = ("inline", "threads", "asyncio", "processes", "dask")
 
@@ -75,11 +76,23 @@ def call_chain(steps: list[tuple], stop: threading.Event
     return results, None, worker_name()
 
 
+def call_timed_sendable(kernel: Any, args: tuple) -> tuple[Any, float, float, str]:
+    """``call_timed`` in a process pool's worker: an exception that could not make the
+    trip back (one that pickles but does not unpickle would break the whole pool, as if
+    a worker had died) is replaced by a ``RemoteError`` describing it."""
+    failure = None
+    try:
+        return call_timed(kernel, args)
+    except Exception as exc:  # noqa: BLE001 - re-raised, made sendable
+        failure = sendable(exc)
+    raise failure  # outside the ``except``: no context that refers to the original
+
+
 def call_timed_shared(kernel: Any, call: shared_arrays.SharedCall) -> tuple[Any, float, float, str]:
-    """``call_timed`` in a process pool's worker, large arrays crossing as shared memory:
-    the arguments of ``call`` are mapped read-only, a large array result goes back as a
-    handle (see ``shared_arrays``)."""
-    value, start, end, worker = call_timed(kernel, shared_arrays.open_args(call))
+    """``call_timed_sendable`` in a process pool's worker, large arrays crossing as
+    shared memory: the arguments of ``call`` are mapped read-only, a large array result
+    goes back as a handle (see ``shared_arrays``)."""
+    value, start, end, worker = call_timed_sendable(kernel, shared_arrays.open_args(call))
     return shared_arrays.share_result(value, call), start, end, worker
 
 
@@ -90,7 +103,7 @@ def submit_shared(pool: cf.ProcessPoolExecutor, kernel: Any, args: tuple,
     Tasks given the same ``scope`` (an object standing for one run) share the copies
     of their arguments; no copy is ever shared beyond its scope."""
     if not shared_arrays.AVAILABLE:
-        return pool.submit(call_timed, kernel, args)
+        return pool.submit(call_timed_sendable, kernel, args)
     return shared_arrays.submit(pool, call_timed_shared, kernel, args, scope)
 
 
