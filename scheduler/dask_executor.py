@@ -407,7 +407,7 @@ class DaskExecutor(cf.Executor):
         for every node that ran (replayed from the workers' records once the graph is
         done), then ``finish`` (always)."""
         if self._closed:
-            raise RuntimeError("this dask executor is shut down")
+            raise RuntimeError("this dask executor is closed (shut down)")
         callbacks = tuple(callbacks)
         layout = self.layout(plan, check_numerics)
         info = RunInfo(plan, executor_name, self._max_workers, time.perf_counter(),
