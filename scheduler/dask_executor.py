@@ -163,6 +163,26 @@ def _describe_value(value: Any) -> tuple[int, tuple | None, str | None, str]:
             None if dtype is None else str(dtype), type(value).__name__)
 
 
+_PLAIN = (int, float, complex, bool, str, bytes, type(None), np.generic)
+
+
+def _plainly_sendable(value: Any) -> bool:
+    """Values that always pickle (checked by type alone, at no cost)."""
+    if type(value) is np.ndarray:
+        return not value.dtype.hasobject
+    return isinstance(value, _PLAIN)
+
+
+def _unsendable(value: Any) -> BaseException | None:
+    """Why ``value`` cannot travel back to the client (None if it can)."""
+    try:
+        _wire.loads(_wire.dumps(value))
+    except Exception as exc:  # noqa: BLE001 - whatever pickling raised
+        return TypeError(f"its value ({type(value).__name__}) cannot be sent back from the "
+                         f"worker: {type(exc).__name__}: {exc}")
+    return None
+
+
 def _nonfinite(value: Any) -> str | None:
     if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "fc":
         if not np.isfinite(value).all():
@@ -190,16 +210,19 @@ class _Chain:
     the task's ``r``-th input, ``-1`` the value of the previous node of the chain.
     Called as ``chain(run, record, *inputs)``: ``run`` is the run's token, ``record``
     whether to record timings under it. Before each node the chain checks that the run
-    has not stopped."""
+    has not stopped. A chain whose value goes back to the client (``sent_back``) checks
+    that it can: a value that does not survive a pickle round trip is the last node's
+    ``NodeError``, not a bare serialization error naming no node."""
 
-    __slots__ = ("steps", "check_numerics")
+    __slots__ = ("steps", "check_numerics", "sent_back")
 
-    def __init__(self, steps: tuple, check_numerics: bool):
+    def __init__(self, steps: tuple, check_numerics: bool, sent_back: bool = False):
         self.steps = steps
         self.check_numerics = check_numerics
+        self.sent_back = sent_back
 
     def __reduce__(self):
-        return _Chain, (self.steps, self.check_numerics)
+        return _Chain, (self.steps, self.check_numerics, self.sent_back)
 
     def __repr__(self) -> str:
         names = [s[1] for s in self.steps]
@@ -236,6 +259,13 @@ class _Chain:
             if entries:
                 worker = _worker_address()
                 _store_records(run, [(*e[:3], worker, *e[3:]) for e in entries])
+        if self.sent_back and not _plainly_sendable(previous):
+            problem = _unsendable(previous)
+            if problem is not None:
+                p, name, op = self.steps[-1][:3]
+                error = NodeError(name, op, problem)
+                error.__cause__ = problem
+                raise _TaskFailed(p, name, op, error, None)
         return previous
 
 
@@ -288,6 +318,8 @@ class _Layout:
         fetched = dict.fromkeys(p for p in plan.fetch_positions if not is_source[p])
         #: the tasks whose results come back to the client, in fetch order
         self.outputs: list[int] = list(dict.fromkeys(task_of[p] for p in fetched))
+        for t in self.outputs:
+            chains[t].sent_back = True
         self.sources: list[int] = list(dict.fromkeys(
             x for ins in inputs for kind, x in ins if kind == "source"))
         #: a readable prefix per task for dask's keys (dashboards group by it)
@@ -591,7 +623,12 @@ class DaskExecutor(cf.Executor):
 
 def _cause(error: BaseException) -> BaseException | None:
     if isinstance(error, _TaskFailed):
-        return error.args[3]  # the kernel's exception; None for NaN/Inf
+        original = error.args[3]  # the kernel's exception; None for NaN/Inf
+        if isinstance(original, SchedulerError):  # raised as itself: keep its own cause
+            if original.__cause__ is None:  # (not every pickler keeps it)
+                return getattr(original, "original", None)
+            return original.__cause__
+        return original
     if isinstance(error, (TimeoutError, RunCancelled)) or type(error).__name__ == "TimeoutError":
         return None
     return error

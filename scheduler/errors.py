@@ -29,6 +29,9 @@ class NodeError(SchedulerError):
         detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
         super().__init__(f"node {name!r} (op {op}) failed{detail}")
 
+    def __reduce__(self) -> tuple:  # it crosses from worker processes (nested runs)
+        return type(self), (self.node_name, self.op, self.original), self.__dict__
+
 
 class FeedError(SchedulerError, ValueError):
     """A feed is missing, unknown, ill-shaped or ill-typed. Raised before any task runs."""
@@ -53,7 +56,11 @@ class NumericsError(SchedulerError, FloatingPointError):
     def __init__(self, name: str, op: str, what: str):
         self.node_name = name
         self.op = op
+        self.what = what
         super().__init__(f"node {name!r} (op {op}) produced {what}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.node_name, self.op, self.what), self.__dict__
 
 
 class RemoteError(Exception):

@@ -288,6 +288,12 @@ def test_engine_dask_with_worker_processes():
         assert info.value.node_name == "boom"
         assert isinstance(info.value.__cause__, ValueError)
 
+        # A value that cannot travel back from the worker process names its node.
+        with pytest.raises(NodeError, match="cannot be sent back") as info:
+            engine.get({"x": 1, "lock": (make_lock, "x")}, "lock", timeout=60)
+        assert info.value.node_name == "lock"
+        assert isinstance(info.value.__cause__, TypeError)
+
         # Records from the worker processes, and a plain dask graph.
         prof = scheduler.Profiler()
         wide = {"x": np.arange(4.0)}
@@ -306,6 +312,12 @@ def test_engine_dask_with_worker_processes():
 
 def die(x):
     os._exit(3)
+
+
+def make_lock(x):
+    import threading
+
+    return threading.Lock()
 
 
 def test_worker_death_is_a_node_error_and_the_engine_recovers():
