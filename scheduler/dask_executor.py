@@ -56,7 +56,15 @@ from weakref import WeakKeyDictionary
 import numpy as np
 
 from .callbacks import Callback, RunInfo, TaskRecord
-from .errors import NodeError, NumericsError, RemoteError, RunCancelled, SchedulerError, sendable
+from .errors import (
+    NodeError,
+    NumericsError,
+    RemoteError,
+    RunCancelled,
+    SchedulerError,
+    sendable,
+    unsendable,
+)
 from .executors import default_workers
 from .plan import Plan
 
@@ -163,26 +171,6 @@ def _describe_value(value: Any) -> tuple[int, tuple | None, str | None, str]:
             None if dtype is None else str(dtype), type(value).__name__)
 
 
-_PLAIN = (int, float, complex, bool, str, bytes, type(None), np.generic)
-
-
-def _plainly_sendable(value: Any) -> bool:
-    """Values that always pickle (checked by type alone, at no cost)."""
-    if type(value) is np.ndarray:
-        return not value.dtype.hasobject
-    return isinstance(value, _PLAIN)
-
-
-def _unsendable(value: Any) -> BaseException | None:
-    """Why ``value`` cannot travel back to the client (None if it can)."""
-    try:
-        _wire.loads(_wire.dumps(value))
-    except Exception as exc:  # noqa: BLE001 - whatever pickling raised
-        return TypeError(f"its value ({type(value).__name__}) cannot be sent back from the "
-                         f"worker: {type(exc).__name__}: {exc}")
-    return None
-
-
 def _nonfinite(value: Any) -> str | None:
     if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "fc":
         if not np.isfinite(value).all():
@@ -259,8 +247,8 @@ class _Chain:
             if entries:
                 worker = _worker_address()
                 _store_records(run, [(*e[:3], worker, *e[3:]) for e in entries])
-        if self.sent_back and not _plainly_sendable(previous):
-            problem = _unsendable(previous)
+        if self.sent_back:
+            problem = unsendable(previous, _wire.dumps, _wire.loads)
             if problem is not None:
                 p, name, op = self.steps[-1][:3]
                 error = NodeError(name, op, problem)

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+
 
 class SchedulerError(Exception):
     """Base class of the errors the execution layer raises itself."""
@@ -124,3 +126,25 @@ def sendable(exc: BaseException, dumps: Callable[[Any], bytes] = pickle.dumps,
         message = object.__repr__(exc)
     text = "".join(traceback.format_tb(exc.__traceback__))
     return RemoteError(type(exc).__qualname__, message, text).with_traceback(exc.__traceback__)
+
+
+def unsendable(value: Any, dumps: Callable[[Any], bytes] = pickle.dumps,
+               loads: Callable[[bytes], Any] = pickle.loads) -> BaseException | None:
+    """Why a task's value cannot travel from a worker process back to the driver with
+    the pickler ``dumps``/``loads`` (None if it can). Arrays of numbers and Python
+    scalars always can, and are not pickled to find out; anything else is round-tripped
+    (a value that pickles but does not unpickle would otherwise break the channel)."""
+    if type(value) is np.ndarray:
+        if not value.dtype.hasobject:
+            return None
+    elif isinstance(value, _PLAIN):
+        return None
+    try:
+        loads(dumps(value))
+    except Exception as exc:  # noqa: BLE001 - whatever pickling raised
+        return TypeError(f"its value ({type(value).__name__}) cannot be sent back from the "
+                         f"worker: {type(exc).__name__}: {exc}")
+    return None
+
+
+_PLAIN = (int, float, complex, bool, str, bytes, type(None), np.generic)

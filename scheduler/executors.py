@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from . import shared_arrays
-from .errors import sendable
+from .errors import sendable, unsendable
 
 EXECUTOR_NAMES = ("inline", "threads", "asyncio", "processes", "dask")
 
@@ -77,15 +77,21 @@ def call_chain(steps: list[tuple], stop: threading.Event
 
 
 def call_timed_sendable(kernel: Any, args: tuple) -> tuple[Any, float, float, str]:
-    """``call_timed`` in a process pool's worker: an exception that could not make the
-    trip back (one that pickles but does not unpickle would break the whole pool, as if
-    a worker had died) is replaced by a ``RemoteError`` describing it."""
+    """``call_timed`` in a process pool's worker, sure to report back: a value or an
+    exception that pickles but does not unpickle would break the whole pool, as if a
+    worker had died. Such an exception is replaced by a ``RemoteError`` describing it;
+    such a value is the task's ``TypeError``."""
     failure = None
     try:
-        return call_timed(kernel, args)
+        result = call_timed(kernel, args)
     except Exception as exc:  # noqa: BLE001 - re-raised, made sendable
         failure = sendable(exc)
-    raise failure  # outside the ``except``: no context that refers to the original
+    if failure is not None:
+        raise failure  # outside the ``except``: no context that refers to the original
+    problem = unsendable(result[0])
+    if problem is not None:
+        raise problem
+    return result
 
 
 def call_timed_shared(kernel: Any, call: shared_arrays.SharedCall) -> tuple[Any, float, float, str]:
