@@ -21,6 +21,7 @@ from .errors import (
     MissingDependencyError,
     NodeError,
     NumericsError,
+    RemoteError,
     RunCancelled,
     SchedulerError,
 )
@@ -34,8 +35,8 @@ __all__ = [
     "Callback", "CycleError", "Engine", "FeedError", "MissingDependencyError", "NO_VALUE",
     "NodeError", "NodeRecord",
     "NumericsError", "Plan", "Profiler", "ProgressBar", "RunCancelled", "RunInfo", "RunProfile",
-    "SchedulerError", "TaskRecord", "TaskSpec", "UnknownNameError", "close_default_engines",
-    "default_engine", "get", "profile", "progress", "run",
+    "RemoteError", "SchedulerError", "TaskRecord", "TaskSpec", "UnknownNameError",
+    "close_default_engines", "default_engine", "get", "profile", "progress", "run",
 ]
 
 

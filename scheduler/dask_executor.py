@@ -20,11 +20,11 @@ here. Instead :meth:`DaskExecutor.run_plan` sends the whole plan at once:
 Errors: a kernel that raises inside a fused task is reported as ``_TaskFailed`` with
 the node's plan position, which the client turns back into the kernel's own exception
 with a note naming the node and op; a worker that died is a ``NodeError`` naming the
-nodes of its task. What a worker sends back must
-pickle, or the error never arrives and the run hangs: tracebacks are cut to
-``MAX_TRACEBACK_FRAMES`` frames (a ``RecursionError`` brings a thousand), and an
-exception that still does not survive a pickle round trip is sent as a
-:class:`RemoteError` summary (its type, message and traceback as text). Stopping: when
+nodes of its task. What a worker sends back must pickle, or the error never arrives
+and the run hangs: ``errors.sendable`` cuts its tracebacks short (a ``RecursionError``
+brings a thousand frames) and replaces an exception that still does not survive a
+pickle round trip by a ``RemoteError`` (then a ``NodeError``: the task's own exception
+could not come back). Stopping: when
 a run fails, times out or is cancelled (``execute(cancel=...)``, a cancelled
 ``run_async``), its futures are cancelled, so no task of it starts, and every worker
 is told the run stopped, so that a fused task in progress starts no further node.
@@ -58,7 +58,16 @@ from weakref import WeakKeyDictionary
 import numpy as np
 
 from .callbacks import Callback, RunInfo, TaskRecord
-from .errors import NodeError, NumericsError, RunCancelled, add_node_note
+from .errors import (
+    NodeError,
+    NumericsError,
+    RemoteError,
+    RunCancelled,
+    SchedulerError,
+    add_node_note,
+    sendable,
+    unsendable,
+)
 from .executors import default_workers
 from .plan import Plan
 
@@ -82,8 +91,6 @@ __all__ = ["DaskExecutor", "RemoteError", "RemoteValue"]
 
 #: literal and fed values at least this large (in bytes) are scattered, not embedded
 DEFAULT_SCATTER_THRESHOLD = 64 * 1024
-#: a traceback sent back from a worker keeps this many frames: its first and last halves
-MAX_TRACEBACK_FRAMES = 40
 #: how often a cancellable run waiting on the cluster looks at its cancel flag (seconds)
 CANCEL_POLL_SECONDS = 0.02
 
@@ -145,60 +152,6 @@ def _stop_run(token: str) -> None:
         _STOPPED[token] = None
 
 
-class RemoteError(Exception):
-    """An exception raised on a worker that could not be sent back as itself (it does
-    not survive pickling): its type's name, its message and its traceback, as text."""
-
-    def __init__(self, type_name: str, message: str, traceback_text: str):
-        super().__init__(type_name, message, traceback_text)
-        self.type_name = type_name
-        self.message = message
-        self.traceback_text = traceback_text
-
-    def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}"
-
-
-def _trim_traceback(tb: Any) -> None:
-    """Cut a traceback down to its first and last MAX_TRACEBACK_FRAMES // 2 frames, in
-    place (a traceback is a linked list of frames; ``tb_next`` is writable)."""
-    frames = []
-    while tb is not None:
-        frames.append(tb)
-        tb = tb.tb_next
-    if len(frames) > MAX_TRACEBACK_FRAMES:
-        half = MAX_TRACEBACK_FRAMES // 2
-        frames[half - 1].tb_next = frames[-half]
-
-
-def _sendable(exc: BaseException) -> BaseException:
-    """``exc`` made fit to travel back to the client: the tracebacks of it and of the
-    exceptions it was raised from or while handling, trimmed; and if it still does not
-    survive a pickle round trip, a :class:`RemoteError` that describes it."""
-    seen: set[int] = set()
-    chain = [exc]
-    while chain:  # its causes and contexts, iteratively (they may form a cycle)
-        e = chain.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        _trim_traceback(e.__traceback__)
-        chain.extend((e.__cause__, e.__context__))
-    try:
-        _wire.loads(_wire.dumps(exc))
-        return exc
-    except Exception:  # noqa: BLE001 - any failure to pickle means: send a summary
-        pass
-    import traceback
-
-    try:
-        message = str(exc)
-    except Exception:  # noqa: BLE001
-        message = object.__repr__(exc)
-    text = "".join(traceback.format_tb(exc.__traceback__))
-    return RemoteError(type(exc).__qualname__, message, text)
-
-
 def _worker_address() -> str:
     try:
         return distributed.get_worker().address
@@ -248,16 +201,19 @@ class _Chain:
     the task's ``r``-th input, ``-1`` the value of the previous node of the chain.
     Called as ``chain(run, record, *inputs)``: ``run`` is the run's token, ``record``
     whether to record timings under it. Before each node the chain checks that the run
-    has not stopped."""
+    has not stopped. A chain whose value goes back to the client (``sent_back``) checks
+    that it can: a value that does not survive a pickle round trip is the last node's
+    ``NodeError``, not a bare serialization error naming no node."""
 
-    __slots__ = ("steps", "check_numerics")
+    __slots__ = ("steps", "check_numerics", "sent_back")
 
-    def __init__(self, steps: tuple, check_numerics: bool):
+    def __init__(self, steps: tuple, check_numerics: bool, sent_back: bool = False):
         self.steps = steps
         self.check_numerics = check_numerics
+        self.sent_back = sent_back
 
     def __reduce__(self):
-        return _Chain, (self.steps, self.check_numerics)
+        return _Chain, (self.steps, self.check_numerics, self.sent_back)
 
     def __repr__(self) -> str:
         names = [s[1] for s in self.steps]
@@ -277,7 +233,7 @@ class _Chain:
                 try:
                     value = kernel(*args)
                 except Exception as exc:
-                    failure = _sendable(exc)
+                    failure = sendable(exc, _wire.dumps, _wire.loads)
                 if failure is not None:  # raised out here: no context refers to ``exc``
                     raise _TaskFailed(p, name, op, failure, None).with_traceback(
                         failure.__traceback__)
@@ -294,6 +250,13 @@ class _Chain:
             if entries:
                 worker = _worker_address()
                 _store_records(run, [(*e[:3], worker, *e[3:]) for e in entries])
+        if self.sent_back:
+            problem = unsendable(previous, _wire.dumps, _wire.loads)
+            if problem is not None:
+                p, name, op = self.steps[-1][:3]
+                error = NodeError(name, op, problem)
+                error.__cause__ = problem
+                raise _TaskFailed(p, name, op, error, None)
         return previous
 
 
@@ -346,6 +309,8 @@ class _Layout:
         fetched = dict.fromkeys(p for p in plan.fetch_positions if not is_source[p])
         #: the tasks whose results come back to the client, in fetch order
         self.outputs: list[int] = list(dict.fromkeys(task_of[p] for p in fetched))
+        for t in self.outputs:
+            chains[t].sent_back = True
         self.sources: list[int] = list(dict.fromkeys(
             x for ins in inputs for kind, x in ins if kind == "source"))
         #: a readable prefix per task for dask's keys (dashboards group by it)
@@ -533,7 +498,7 @@ class DaskExecutor(cf.Executor):
             The fetched values, in the plan's fetch order.
         """
         if self._closed:
-            raise RuntimeError("this dask executor is shut down")
+            raise RuntimeError("this dask executor is closed (shut down)")
         callbacks = tuple(callbacks)
         layout = self.layout(plan, check_numerics)
         info = RunInfo(plan, executor_name, self._max_workers, time.perf_counter(),
@@ -718,7 +683,12 @@ class DaskExecutor(cf.Executor):
 
 def _cause(error: BaseException) -> BaseException | None:
     if isinstance(error, _TaskFailed):
-        return error.args[3]  # the kernel's exception; None for NaN/Inf
+        original = error.args[3]  # the kernel's exception; None for NaN/Inf
+        if isinstance(original, SchedulerError):  # raised as itself: keep its own cause
+            if original.__cause__ is None:  # (not every pickler keeps it)
+                return getattr(original, "original", None)
+            return original.__cause__
+        return original
     if isinstance(error, (TimeoutError, RunCancelled)) or type(error).__name__ == "TimeoutError":
         return None
     return error

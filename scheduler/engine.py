@@ -81,6 +81,7 @@ from .errors import (
     FeedError,
     NodeError,
     NumericsError,
+    RemoteError,
     RunCancelled,
     add_node_note,
     raise_task_error,
@@ -1026,7 +1027,10 @@ class _Run:
         dead worker, a task, argument or result a process pool could not send) is a
         ``NodeError`` naming the task, raised as the run's error (-1)."""
         if isinstance(exc, TaskRaised):  # a worker process sent the task's own exception
-            return p, exc.original()
+            original = exc.original()
+            if isinstance(original, RemoteError):  # ...or only a summary: it could not come
+                return -1, _pool_failure(self.plan, p, original)
+            return p, original
         if self.engine._closed and (not started or isinstance(exc, cf.CancelledError)):
             return -1, RuntimeError(
                 f"the engine was closed during the run ({len(self.plan.compute) - self.finished} "

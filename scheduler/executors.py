@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import shared_arrays
+from .errors import sendable, unsendable
 
 EXECUTOR_NAMES = ("inline", "threads", "asyncio", "processes", "dask")
 
@@ -94,18 +95,28 @@ class TaskRaised(Exception):
 
 
 def call_timed_isolated(kernel: Any, args: tuple) -> tuple[Any, float, float, str]:
-    """``call_timed`` in a worker process: the task's own exception goes back as
-    ``TaskRaised``."""
+    """``call_timed`` in a worker process, sure to report back. The task's own exception
+    goes back as ``TaskRaised``, made sendable first: an exception that pickles but does
+    not unpickle would break the whole pool, as if a worker had died, so it is replaced
+    by a ``RemoteError`` describing it. A value that cannot be sent back is raised bare,
+    as the pool's failure (no exception of the task's)."""
+    failure = None
     try:
-        return call_timed(kernel, args)
+        result = call_timed(kernel, args)
     except BaseException as exc:  # noqa: BLE001 - any task error, unpacked by the driver
-        raise TaskRaised(exc) from exc
+        failure = sendable(exc)
+    if failure is not None:
+        raise TaskRaised(failure)  # outside the ``except``: no context holding the original
+    problem = unsendable(result[0])
+    if problem is not None:
+        raise problem
+    return result
 
 
 def call_timed_shared(kernel: Any, call: shared_arrays.SharedCall) -> tuple[Any, float, float, str]:
-    """``call_timed`` in a process pool's worker, large arrays crossing as shared memory:
-    the arguments of ``call`` are mapped read-only, a large array result goes back as a
-    handle (see ``shared_arrays``)."""
+    """``call_timed_isolated`` in a process pool's worker, large arrays crossing as
+    shared memory: the arguments of ``call`` are mapped read-only, a large array result
+    goes back as a handle (see ``shared_arrays``)."""
     value, start, end, worker = call_timed_isolated(kernel, shared_arrays.open_args(call))
     return shared_arrays.share_result(value, call), start, end, worker
 

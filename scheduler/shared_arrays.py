@@ -45,7 +45,9 @@ This module owns the lifetime of every block; the rules:
    tracker is its own (a ``fork`` pool forked before the driver's tracker started)
    unregisters what it creates or attaches, handing the block to the driver, whose
    attach registers it with the driver's tracker.
-6. Deaths. If the driver dies, the tracker unlinks what it had registered. If a worker
+6. Deaths. If the driver dies, even by SIGKILL, the workers of the pools the engine
+   made exit at once (``executors.exit_with_driver``), the tracker then sees its last
+   user go and unlinks what was registered. If a worker
    dies, blocks it had created but not handed over (and argument blocks of tasks failed
    by the broken pool, whose names are kept until no worker can still attach to them)
    are unlinked by :class:`ProcessPool`'s shutdown once its workers are gone, which the

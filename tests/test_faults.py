@@ -75,6 +75,37 @@ class ReturnsLock(df.Op):
         return threading.Lock()
 
 
+class OneWayError(Exception):
+    """Pickles, but does not unpickle: unpickling calls ``__init__`` with ``args``."""
+
+    def __init__(self, code: int, detail: str):
+        super().__init__(f"{code}: {detail}")
+
+
+class RaisesOneWay(df.Op):
+    name = "test_faults.raises_one_way"
+
+    def forward(self, x):
+        raise OneWayError(7, "no way back")
+
+
+class OneWayValue:
+    """Pickles, but does not unpickle (its reduction leaves out ``__init__``'s argument)."""
+
+    def __init__(self, a: int):
+        self.a = a
+
+    def __reduce__(self):
+        return OneWayValue, ()
+
+
+class ReturnsOneWay(df.Op):
+    name = "test_faults.returns_one_way"
+
+    def forward(self, x):
+        return OneWayValue(1)
+
+
 def identity(v: Any) -> Any:
     return v
 
@@ -177,6 +208,39 @@ def test_unpicklable_kernel_names_the_node():
     with make_engine("processes") as engine:
         with pytest.raises(NodeError, match="local_kernel"):
             engine.run(out, {x: 1.0}, timeout=60)
+        assert_usable(engine)
+
+
+def test_an_error_that_cannot_be_unpickled_names_the_node_and_keeps_the_pool():
+    """Unpickled in the driver, such an error used to break the whole pool, reported as
+    a worker that died; it arrives as a summary, and the pool lives on."""
+    with df.Graph():
+        x = df.placeholder("x", ())
+        out = df.apply(RaisesOneWay(), x, name="one_way")
+    with make_engine("processes") as engine:
+        warm(engine)
+        pool = engine._pool()
+        with pytest.raises(NodeError, match="one_way") as info:
+            engine.run(out, {x: 1.0}, timeout=60)
+        cause = info.value.__cause__
+        assert isinstance(cause, scheduler.RemoteError), repr(cause)
+        assert cause.type_name == "OneWayError" and "no way back" in cause.message
+        assert "forward" in cause.traceback_text
+        assert engine._pool() is pool, "the pool broke"
+        assert_usable(engine)
+
+
+def test_a_value_that_cannot_be_unpickled_names_the_node_and_keeps_the_pool():
+    with df.Graph():
+        x = df.placeholder("x", ())
+        out = df.apply(ReturnsOneWay(), x, name="one_way_value")
+    with make_engine("processes") as engine:
+        warm(engine)
+        pool = engine._pool()
+        with pytest.raises(NodeError, match="one_way_value") as info:
+            engine.run(out, {x: 1.0}, timeout=60)
+        assert "cannot be sent back" in str(info.value)
+        assert engine._pool() is pool, "the pool broke"
         assert_usable(engine)
 
 

@@ -105,3 +105,45 @@ def test_an_unclosed_engine_collected_on_its_own_thread_shuts_every_pool_down(mo
     del coordinators
     _wait_for_no_dataflow_threads()
     assert not unraisable, [u.exc_value for u in unraisable]
+
+
+# -- errors that cross process boundaries ------------------------------------------------
+
+def test_scheduler_errors_survive_a_pickle_round_trip():
+    """A nested run's NodeError raised in a worker process travels back pickled."""
+    import pickle
+
+    error = scheduler.NodeError("inner", "sin", ValueError("bad"))
+    back = pickle.loads(pickle.dumps(error))
+    assert (back.node_name, back.op, str(back)) == ("inner", "sin", str(error))
+    assert isinstance(back.original, ValueError) and str(back.original) == "bad"
+    numerics = pickle.loads(pickle.dumps(scheduler.NumericsError("n", "log", "NaN")))
+    assert (numerics.node_name, numerics.op) == ("n", "log")
+    assert str(numerics) == "node 'n' (op log) produced NaN"
+
+
+def test_an_exception_that_cannot_travel_becomes_a_summary():
+    from scheduler.errors import MAX_TRACEBACK_FRAMES, sendable
+
+    class Local(Exception):  # defined here: cannot be pickled by reference
+        pass
+
+    def deep(n: int) -> None:
+        if n == 0:
+            raise Local("from below")
+        deep(n - 1)
+
+    try:
+        deep(200)
+    except Local as exc:
+        summary = sendable(exc)
+    assert isinstance(summary, scheduler.RemoteError)
+    assert summary.type_name.endswith("Local") and summary.message == "from below"
+    assert "deep" in summary.traceback_text
+    frames = 0
+    tb = summary.__traceback__
+    while tb is not None:
+        frames, tb = frames + 1, tb.tb_next
+    assert frames <= MAX_TRACEBACK_FRAMES
+    ok = ValueError("fine")
+    assert sendable(ok) is ok
