@@ -306,7 +306,8 @@ class Engine:
         return self._run(fetches, feeds, timeout, callbacks, None)
 
     def _run(self, fetches: Any, feeds: Mapping | None, timeout: float | None,
-             callbacks: Iterable[Callback], cancel: threading.Event | None) -> Any:
+             callbacks: Iterable[Callback], cancel: threading.Event | None,
+             keep_plan: bool = True) -> Any:
         resolved, resolved_feeds = resolve_names(fetches, feeds)
         # A request by name takes the ordinary path every time (the fast path is keyed
         # by the objects given, and names are looked up per run).
@@ -314,7 +315,7 @@ class Engine:
         fetches, feeds = resolved, resolved_feeds
         keys, pack = _flatten_fetches(fetches)
         given, feeds = feeds, dict(feeds or {})
-        plan = self.plan(keys, feeds)
+        plan = self.plan(keys, feeds, keep=keep_plan)
         values = self.execute(plan, feeds, timeout=timeout, callbacks=callbacks, cancel=cancel)
         if plan.compiled and self.kind == "inline" and timeout is None and cancel is None \
                 and not by_name and not self.callbacks and not callbacks \
@@ -399,7 +400,7 @@ class Engine:
                     max_workers=max(2, self.workers), thread_name_prefix="dataflow-coordinator")
             return pool
 
-    def plan(self, keys: list, feeds: Mapping) -> Plan:
+    def plan(self, keys: list, feeds: Mapping, *, keep: bool = True) -> Plan:
         """The cached plan for these fetch keys and fed keys (compiled on first use).
 
         Parameters
@@ -408,6 +409,10 @@ class Engine:
             Fetch keys (graph nodes).
         feeds : mapping
             The feeds; only their keys matter.
+        keep : bool, default True
+            Cache a newly compiled plan. A cached plan holds its graph's nodes; the
+            shared default engines of one-shot ``scheduler.run`` calls keep none, so
+            that a service's graphs die with their last reference.
 
         Returns
         -------
@@ -438,6 +443,8 @@ class Engine:
         plan = _compile(keys, list(feeds), self.simplify, self.fuse)
         plan.workers = self.workers
         plan.seed_estimates(self._costs, self.inline_threshold)
+        if not keep:
+            return plan
         with self._lock:
             self._plans[cache_key] = plan
             if len(self._plans) > self._plan_cache_size:
@@ -1317,10 +1324,11 @@ def run(fetches: Any, feeds: Mapping | None = None, *, executor: Any = "threads"
         callbacks: Iterable[Callback] = (), check_numerics: bool = False) -> Any:
     """Compute ``fetches`` on the shared default engine for ``executor`` and ``workers``.
 
-    ``default_engine(executor, workers).run(fetches, feeds)``: the engine, its pool, its
-    cached plans and learned costs carry over between calls (see
-    :func:`default_engine`); an executor object gets an engine of its own, closed
-    afterwards.
+    ``default_engine(executor, workers).run(fetches, feeds)``: the engine's pool and
+    learned costs carry over between calls (see :func:`default_engine`); its plan is
+    compiled per call and not kept, so that it keeps no graph alive (keep an
+    :class:`Engine` to run a graph many times); an executor object gets an engine of its
+    own, closed afterwards.
 
     Parameters
     ----------
@@ -1346,7 +1354,9 @@ def run(fetches: Any, feeds: Mapping | None = None, *, executor: Any = "threads"
     """
     engine = default_engine(executor, workers, check_numerics=check_numerics)
     with _closing_if_own(engine, executor):
-        return engine.run(fetches, feeds, timeout=timeout, callbacks=callbacks)
+        # One-shot: the plan is not kept (it would keep the graph's nodes alive in the
+        # shared engine); the pool and the learned costs are.
+        return engine._run(fetches, feeds, timeout, callbacks, None, keep_plan=False)
 
 
 def get(tasks: Mapping, keys: Any, cache: Any = None, num_workers: int | None = None,
