@@ -82,7 +82,7 @@ _TYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64",
           np.dtype(np.bool_): "boolean"}
 
 _MISSING = ("Engine(fuse=True) compiles fused kernels with numba, which is not installed: "
-            "pip install 'dataflow[fusion]'")
+            "pip install 'dataflow-graph-engine[fusion]'")
 
 
 @functools.lru_cache(maxsize=1024)

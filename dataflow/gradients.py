@@ -82,6 +82,9 @@ def gradients(ys: Node | Sequence[Node], xs: Node | Sequence[Node],
         Gradient checkpointing: the bprops see recomputed copies of the forward values,
         rebuilt from the checkpoints late in the backward pass, so that the forward
         values between checkpoints need not stay alive (see ``dataflow.checkpointing``).
+    name : str, default "gradients"
+        The scope the intermediate nodes are named under (``gradients/...``); each
+        result is named ``grad/<x>``.
 
     Returns
     -------

@@ -132,6 +132,10 @@ class Graph:
     ----------
     name : str, optional
         A name for messages and drawings; ``"graph<N>"`` by default.
+    _keep_unreferenced : bool, default True
+        Keep every node for the graph's life (a graph you make). The process-wide
+        default graph is made with ``False``: it holds its nodes weakly, so that nodes
+        built outside any ``with Graph()`` block die with their last reference.
 
     Examples
     --------
@@ -223,7 +227,19 @@ class Graph:
         return self.node_by_name(name)
 
     def get(self, name: str, default: Any = None) -> Any:
-        """The node named ``name``, or ``default`` when the graph has none."""
+        """The node named ``name``, or ``default`` when the graph has none.
+
+        Parameters
+        ----------
+        name : str
+            A node name.
+        default : object, optional
+            What to return when no node has that name (``None``).
+
+        Returns
+        -------
+        Node or object
+        """
         if not isinstance(name, str):
             raise TypeError(f"node names are strings, got {name!r}")
         return self._names.get(name, default)
@@ -263,10 +279,23 @@ class Graph:
 
     @contextmanager
     def name_scope(self, scope: str) -> Iterator[str]:
-        """Inside ``with g.name_scope("block"):`` nodes of ``g`` built without a name are
+        """Name the nodes built inside the block ``scope/<op>``.
+
+        Inside ``with g.name_scope("block"):`` nodes of ``g`` built without a name are
         named ``block/<op>`` (on this thread). Scopes nest (``outer/inner/<op>``); each
         ``with`` gets a scope of its own (``block``, then ``block_1``, ...), whose full
-        prefix it yields. Names given explicitly are used as they are."""
+        prefix it yields. Names given explicitly are used as they are.
+
+        Parameters
+        ----------
+        scope : str
+            The scope's name.
+
+        Yields
+        ------
+        str
+            The scope's full prefix (without the trailing ``/``).
+        """
         check_name(scope, "scope")
         outer = getattr(self._scope, "prefix", "")
         with self._lock:

@@ -199,8 +199,22 @@ class Op:
     def flops(self, input_shapes: Sequence[tuple[int, ...]],
               output_shape: tuple[int, ...]) -> float:
         """Arithmetic operations one run of the op takes, for the engine's static cost
-        hint (see ``dataflow.lowering.cost_hint``). Default: one per element read or
-        written, as for elementwise ops, reductions and copies."""
+        hint (see ``dataflow.lowering.cost_hint``).
+
+        Default: one per element read or written, as for elementwise ops, reductions
+        and copies; ops whose work grows faster (``matmul``) override it.
+
+        Parameters
+        ----------
+        input_shapes : sequence of tuple of int
+            The inputs' static shapes.
+        output_shape : tuple of int
+            The output's static shape.
+
+        Returns
+        -------
+        float
+        """
         return float(sum(math.prod(s) for s in input_shapes) + math.prod(output_shape))
 
     #: the rate ``flops`` are done at, for the cost hint: plain numpy loops; BLAS-backed

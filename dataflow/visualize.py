@@ -4,7 +4,7 @@ views in Jupyter (``Graph``/``Node`` ``_repr_html_``).
 Two layouts, one look:
 
 - ``"graphviz"``: the DOT text of :func:`dot_source`, laid out by graphviz's ``dot``
-  program through the ``graphviz`` package (``pip install 'dataflow[viz]'`` and the
+  program through the ``graphviz`` package (``pip install 'dataflow-graph-engine[viz]'`` and the
   ``dot`` program from your system's package manager);
 - ``"layered"``: a layered drawing made with matplotlib alone (:func:`layered_layout`,
   :func:`draw_layered`), used when ``dot`` is not installed. Nodes are put in layers by
@@ -438,7 +438,7 @@ def _choose(layout: str) -> str:
         return "graphviz" if has_graphviz() else "layered"
     if layout == "graphviz" and not has_graphviz():
         raise RuntimeError("the graphviz layout needs the dot program and the graphviz "
-                           "package (pip install 'dataflow[viz]'); use layout='layered'")
+                           "package (pip install 'dataflow-graph-engine[viz]'); use layout='layered'")
     return layout
 
 

@@ -154,6 +154,9 @@ class Engine:
     intra_op_threads : int, optional
         BLAS/OpenMP threads each worker's kernels may use; by default
         ``workers x intra_op_threads <= cores`` (see ``blas.py``).
+    fuse : bool, default False
+        Also let the fetched objects fuse elementwise work into single compiled kernels
+        when a plan is compiled (for dataflow nodes, ``dataflow.fusion``).
 
     Raises
     ------
@@ -1280,12 +1283,27 @@ _default_engines_lock = threading.Lock()
 
 def default_engine(executor: Any = "threads", workers: int | None = None, *,
                    check_numerics: bool = False) -> Engine:
-    """The engine that ``scheduler.run`` and ``scheduler.get`` use for this executor name
-    and worker count: created on first use, then shared (thread-safe), so that its
-    pool and what it learned about task costs carry over from call to call, as dask
-    keeps one default thread pool. Closed at interpreter exit, or by
-    :func:`close_default_engines`. An executor object gets an engine of its own per
-    call (the object's owner decides its life)."""
+    """The engine that ``scheduler.run`` and ``scheduler.get`` use.
+
+    One per executor name and worker count: created on first use, then shared
+    (thread-safe), so that its pool and what it learned about task costs carry over
+    from call to call, as dask keeps one default thread pool. Closed at interpreter
+    exit, or by :func:`close_default_engines`. An executor object gets an engine of its
+    own per call (the object's owner decides its life).
+
+    Parameters
+    ----------
+    executor : str or concurrent.futures.Executor, default "threads"
+        As for :class:`Engine`.
+    workers : int, optional
+        Pool size (``None``: the executor's default).
+    check_numerics : bool, default False
+        As for :class:`Engine`.
+
+    Returns
+    -------
+    Engine
+    """
     if not isinstance(executor, str):
         return Engine(executor, workers, check_numerics=check_numerics)
     key = (executor, workers, check_numerics)

@@ -109,9 +109,17 @@ class UnknownKeyError(KeyError):
 
 
 class MissingDependencyError(SchedulerError, ValueError):
-    """A task depends on a key that the task graph does not hold and nothing feeds:
-    dask's ``ValueError("Missing dependency ...")``. ``key`` is the missing key,
-    ``dependents`` the tasks found waiting for it."""
+    """A task depends on a key that the task graph does not hold and nothing feeds.
+
+    dask's ``ValueError("Missing dependency ...")``.
+
+    Parameters
+    ----------
+    key : object
+        The missing key (``key`` attribute).
+    dependents : list
+        The tasks found waiting for it (``dependents`` attribute).
+    """
 
     def __init__(self, key: object, dependents: list):
         self.key = key
@@ -143,9 +151,20 @@ class NumericsError(SchedulerError, FloatingPointError):
 
 
 class RemoteError(Exception):
-    """Stands in for a task's exception, raised in a worker process, that could not be
-    sent back as itself (it does not survive a pickle round trip): its type's name, its
-    message and its traceback, as text. It is the task's error, not the scheduler's."""
+    """Stands in for a task's exception that could not be sent back from its worker.
+
+    Such an exception does not survive a pickle round trip; this summary of it does.
+    It reaches the caller as the cause of a ``NodeError`` naming the task.
+
+    Parameters
+    ----------
+    type_name : str
+        The exception's type's name (``type_name`` attribute).
+    message : str
+        Its message (``message`` attribute).
+    traceback_text : str
+        Its traceback in the worker, formatted (``traceback_text`` attribute).
+    """
 
     def __init__(self, type_name: str, message: str, traceback_text: str):
         super().__init__(type_name, message, traceback_text)

@@ -59,7 +59,7 @@ class ProgressBar(Callback):
     Raises
     ------
     ImportError
-        If tqdm is not installed (``pip install 'dataflow[profile]'``).
+        If tqdm is not installed (``pip install 'dataflow-graph-engine[profile]'``).
     """
 
     def __init__(self, desc: str = "nodes", **tqdm_kwargs: Any):

@@ -21,7 +21,7 @@ def test_a_missing_anchor_gives_one_skipped_row(monkeypatch, module, rows):
     monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
     (row,) = rows(tiny_n=3, chain_n=3, calls=1, reps=1)
     assert row.ours == "skipped" and row.ok is None
-    assert "dataflow[bench-anchors]" in row.anchor
+    assert "dataflow-graph-engine[bench-anchors]" in row.anchor
     table = suite.format_table([row])
     assert "skipped" in table and "(skipped)" in table and "nan" not in table
 

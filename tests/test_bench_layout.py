@@ -65,7 +65,7 @@ def installed(tmp_path_factory) -> Path:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
                     str(tmp / "dist"), str(src)], check=True, capture_output=True)
-    (wheel,) = (tmp / "dist").glob("dataflow-*.whl")
+    (wheel,) = (tmp / "dist").glob("dataflow_graph_engine-*.whl")
     site = tmp / "site"
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(site)

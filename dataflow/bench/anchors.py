@@ -27,7 +27,7 @@ import scheduler
 from . import workloads as w
 from .suite import Row, interleaved, mlp_graph
 
-INSTALL = "pip install 'dataflow[bench-anchors]'"
+INSTALL = "pip install 'dataflow-graph-engine[bench-anchors]'"
 NAN = float("nan")
 
 

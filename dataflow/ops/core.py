@@ -75,7 +75,17 @@ def constant(value: Any, name: str | None = None, *, dtype: Any = None,
 
 
 def const_value(node: Node) -> np.ndarray | None:
-    """The (read-only) value of a constant node, else ``None``."""
+    """The (read-only) value of a constant node, else ``None``.
+
+    Parameters
+    ----------
+    node : Node
+        Any node.
+
+    Returns
+    -------
+    numpy.ndarray or None
+    """
     return node.op.value if isinstance(node.op, Constant) else None
 
 
@@ -97,7 +107,25 @@ class Placeholder(Op):
         return ()
 
     def check_feed(self, name: str, value: Any) -> np.ndarray:
-        """Validate a fed value against the declared shape and dtype (see ``convert_feed``)."""
+        """Validate a fed value against the declared shape and dtype.
+
+        Parameters
+        ----------
+        name : str
+            The placeholder's node name, for the error message.
+        value : array_like
+            The fed value.
+
+        Returns
+        -------
+        numpy.ndarray
+            The value converted by the one feed rule (see ``convert_feed``).
+
+        Raises
+        ------
+        FeedError
+            If the value does not fit the shape or the dtype.
+        """
         return convert_feed(f"placeholder {name!r}", value, self.shape, self.dtype)
 
 
