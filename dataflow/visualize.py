@@ -438,7 +438,8 @@ def _choose(layout: str) -> str:
         return "graphviz" if has_graphviz() else "layered"
     if layout == "graphviz" and not has_graphviz():
         raise RuntimeError("the graphviz layout needs the dot program and the graphviz "
-                           "package (pip install 'dataflow-graph-engine[viz]'); use layout='layered'")
+                           "package (pip install 'dataflow-graph-engine[viz]'); "
+                           "use layout='layered'")
     return layout
 
 
