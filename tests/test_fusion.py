@@ -195,7 +195,7 @@ def test_fusion_without_numba_says_what_to_install(monkeypatch):
     x, y = chain(3)
     monkeypatch.setitem(sys.modules, "numba", None)
     with scheduler.Engine("inline", fuse=True) as engine:
-        with pytest.raises(ImportError, match=r"dataflow\[fusion\]"):
+        with pytest.raises(ImportError, match=r"dataflow-graph-engine\[fusion\]"):
             engine.run(y, {x: np.zeros(N)})
 
 
