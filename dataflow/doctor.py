@@ -166,7 +166,7 @@ def loaded_libraries() -> list[Library]:
 
 
 def _parse_cpuinfo(text: str) -> tuple[str, set[str]]:
-    model, flags = "", set()
+    model, flags = "", set[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()

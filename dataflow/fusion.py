@@ -159,6 +159,7 @@ def _fusable(node: Node) -> bool:
     op = node.op
     if type(op) not in TEMPLATES or node.dtype.kind != "f" or node.dtype not in _TYPES:
         return False
+    inputs: Sequence[Node]
     if type(op) is Where:
         cond, *inputs = node.inputs
         if cond.dtype != np.bool_:
@@ -186,7 +187,7 @@ def fuse(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[list, list
     (position for position), the new keys of the fed keys, and ``{new key: original
     key}``. Returns the keys unchanged when nothing fuses; raises ``ImportError``
     without numba."""
-    identity = (list(fetch_keys), list(fed_keys), {})
+    identity: tuple[list, list, dict] = (list(fetch_keys), list(fed_keys), {})
     keys = [*fetch_keys, *fed_keys]
     if not fetch_keys or not all(isinstance(k, Node) for k in keys):
         return identity
@@ -216,7 +217,7 @@ def fuse(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[list, list
         if node.id in fed and not isinstance(node.op, Placeholder):
             from .rewrite import _FedValue
 
-            op = _FedValue(shape=node.shape, dtype=node.dtype)
+            op: Op = _FedValue(shape=node.shape, dtype=node.dtype)
             image = new._add(op, (), node.shape, node.dtype, node.name)
         elif node.id in groups:
             members, externals, literals = groups[node.id]
@@ -258,7 +259,9 @@ def _groups(order: list[Node], fed: set[int], fetched: set[int],
                 or not _large(node.shape):
             needed.update(i.id for i in node.inputs)
             continue
-        budget, members, externals, ops = MAX_OPS, [], [], 0
+        members: list[Node] = []
+        externals: list[Node] = []
+        budget, ops = MAX_OPS, 0
         while budget >= 2:
             members, externals, ops = _grow(node, fed, fetched, True, budget)
             if any(type(m.op) is BroadcastTo for m in members) and \

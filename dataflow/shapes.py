@@ -104,7 +104,7 @@ def shape_argument(what: str, shape: Any, *, allow_unknown: bool = False,
     elif isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) and not (
             isinstance(shape, np.ndarray) and shape.ndim == 1):
         raise TypeError(f"{what}: shape must be a tuple of ints (or an int), got {shape!r}")
-    out = []
+    out: list[int | None] = []
     for d in shape:
         if d is None and allow_unknown:
             out.append(None)

@@ -45,7 +45,7 @@ def add_node_note(exc: BaseException, name: str, op: str) -> BaseException:
         elif isinstance(notes, list):
             notes.append(note)
         else:
-            exc.__notes__ = [note]
+            exc.__notes__ = [note]  # type: ignore[attr-defined]  # PEP 678 by hand
     except (AttributeError, TypeError):  # an exception object that takes no attributes
         pass
     return exc

@@ -36,7 +36,7 @@ import types
 from collections import OrderedDict
 from collections.abc import Hashable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 #: Ready tasks in flight per pool worker: a worker that finishes starts its next task
 #: at once, without waiting for the driving thread; more would decide priorities early.
@@ -68,7 +68,7 @@ def stable_cost_key(func: Any) -> Hashable:
         return (code, getattr(func, "__qualname__", code.co_name))
     if isinstance(func, (types.BuiltinFunctionType, type)) or type(func).__name__ == "ufunc":
         return func
-    return type(func)
+    return cast(Hashable, type(func))  # classes hash by identity
 
 
 class CostTable:
