@@ -35,7 +35,6 @@ the walk or the engine's driver.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
@@ -43,7 +42,7 @@ import numpy as np
 
 from .errors import FeedError, RunCancelled, raise_task_error
 from .plan import gc_paused
-from .spec import REUSE_MIN_BYTES
+from .reuse import reuse_into
 
 __all__ = ["COMPILE_ON_RUN", "MAX_COMPILED_STEPS", "STEPS_PER_WALK_BEFORE_COMPILE",
            "CompiledPlan", "compile_plan", "compiled_for", "fast_key", "fast_runner",
@@ -63,41 +62,6 @@ GC_PAUSE_MIN_STEPS = 64
 # What ``compiled_for`` stores on a plan that must not be compiled (too large, or its
 # source failed to compile): it is walked from then on, without asking again.
 _NOT_COMPILED = False
-
-
-def _sole_owner_refcount() -> int:
-    """What ``sys.getrefcount`` reports, in ``reuse_into``'s situation, for an array held
-    by one argument list and one local only (interpreters count differently)."""
-    argv = [np.empty(0)]
-    buf = argv[0]
-    return sys.getrefcount(buf)
-
-
-_SOLE_OWNER_REFCOUNT = _sole_owner_refcount()
-
-
-def reuse_into(kernel: Callable[..., Any], argv: list, i: int) -> Any:
-    """``kernel(*argv)``, written into ``argv[i]``'s buffer when that is safe, under the
-    walk's rule (``engine._call_reusing``): the generated code has already dropped its
-    own variable, so the buffer must be an array that owns its memory, held by nothing
-    but ``argv`` (the reference count says so: no view, no other value, no caller),
-    large enough to be worth it, C-contiguous and writeable, and every other argument
-    a C-contiguous array of its dtype (or a Python number for a float or complex
-    buffer), so that the result has the dtype and layout, and so the bits, of a fresh
-    one."""
-    buf = argv[i]
-    if (type(buf) is np.ndarray and buf.nbytes >= REUSE_MIN_BYTES and buf.base is None
-            and sys.getrefcount(buf) == _SOLE_OWNER_REFCOUNT
-            and buf.flags.c_contiguous and buf.flags.writeable):
-        dtype = buf.dtype
-        numbers = (int, float) if dtype.kind in "fc" else ()
-        for a in argv:
-            if a is buf or type(a) in numbers:  # they adopt a float array's dtype
-                continue
-            if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
-                return kernel(*argv)
-        return kernel(*argv, out=buf)
-    return kernel(*argv)
 
 
 class CompiledPlan:

@@ -62,7 +62,6 @@ import contextlib
 import heapq
 import os
 import queue
-import sys
 import threading
 import time
 import weakref
@@ -103,7 +102,8 @@ from .names import resolve_names
 from .placement import IN_FLIGHT_PER_WORKER, CostTable, Placement
 from .plan import DEFAULT_INLINE_THRESHOLD, Plan, gc_paused
 from .results import distinct_arrays
-from .spec import REUSE_MIN_BYTES, TaskSpec
+from .reuse import reuse_into
+from .spec import TaskSpec
 
 # Every LEARN_EVERY-th run of an all-cheap plan is timed, so that a task whose cost
 # grows (a larger feed) is noticed; the runs in between pay no timing at all.
@@ -695,42 +695,13 @@ def _until_cancelled(steps: list, cancel: threading.Event) -> Any:
         yield step
 
 
-def _sole_owner_refcount() -> int:
-    """What ``sys.getrefcount`` reports, in ``_call_reusing``'s situation, for an array
-    held by one local and one argument list only (interpreters count differently)."""
-    buf = np.empty(0)
-    argv = [buf]  # noqa: F841 - the second reference, as in _call_reusing
-    return sys.getrefcount(buf)
-
-
-_SOLE_OWNER_REFCOUNT = _sole_owner_refcount()
-
-
 def _call_reusing(kernel: Any, values: list, args: tuple[int, ...], donor: int) -> Any:
-    """``kernel(*args)``, written into the donor's buffer when that is safe: the donor
-    dies at this step, so the walk lets go of it first; then it must be an array that
-    owns its memory, held by nothing else (no view of it, no other value, no caller:
-    the reference count says so; nor any weak reference, which that count misses: a
-    kernel may cache its result in a ``WeakValueDictionary`` and hand it out again),
-    C-contiguous like a fresh result, and every other argument must be a C-contiguous
-    array of its dtype (or a Python number), so that the result has the same dtype and
-    layout, and so the same bits, as a fresh one."""
+    """``kernel(*args)``, written into the donor's buffer when that is safe
+    (``reuse.reuse_into``'s rule): the donor dies at this step, so the walk lets go of
+    it first."""
     argv = [values[a] for a in args]
-    buf = values[donor]
     values[donor] = None
-    if (type(buf) is np.ndarray and buf.nbytes >= REUSE_MIN_BYTES and buf.base is None
-            and sys.getrefcount(buf) == _SOLE_OWNER_REFCOUNT
-            and not weakref.getweakrefcount(buf)
-            and buf.flags.owndata and buf.flags.c_contiguous and buf.flags.writeable):
-        dtype = buf.dtype
-        numbers = (int, float) if dtype.kind in "fc" else ()
-        for a in argv:
-            if a is buf or type(a) in numbers:  # they adopt a float array's dtype
-                continue
-            if type(a) is not np.ndarray or a.dtype != dtype or not a.flags.c_contiguous:
-                return kernel(*argv)
-        return kernel(*argv, out=buf)
-    return kernel(*argv)
+    return reuse_into(kernel, argv, args.index(donor))
 
 
 def _timed_walk(plan: Plan, values: list, durations: dict[int, float],

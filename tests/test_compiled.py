@@ -4,6 +4,8 @@ does, report errors as the walk does, and step aside where the walk is not used.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 from hypothesis import given, note
@@ -216,3 +218,26 @@ def test_the_largest_compilable_plan_compiles():
         compiled = compiled_mod.compile_plan(plan)
     assert compiled is not None
     assert compiled.fn({x: np.zeros(2)})[0].shape == (2,)
+
+
+def test_a_compiled_plan_never_overwrites_a_value_its_kernel_holds_weakly():
+    """Compiled plans reuse buffers under the walk's one rule: a weak holder counts."""
+    cache: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def cached(v):
+        out = np.multiply(v, 2.0)
+        cache["last"] = out  # a weak cache: invisible to the reference count
+        return out
+
+    op = df.custom_op("weakly_cached_compiled", cached)
+    with df.Graph():
+        x = df.placeholder("x", (40_000,))
+        y = df.tanh(op(x) + 1.0)
+    feeds = {x: np.linspace(-1, 1, 40_000)}
+    with scheduler.Engine("inline") as engine:
+        for _ in range(5):
+            out = engine.run(y, feeds)
+            held = cache.get("last")
+            assert held is None or np.array_equal(held, 2 * feeds[x])
+            assert np.array_equal(out, np.tanh(2 * feeds[x] + 1.0))
+        assert engine.plan([y], feeds).compiled
