@@ -11,6 +11,7 @@ from typing import Any
 
 import dataflow as df
 import scheduler
+from scheduler import Callback
 
 
 def make_engine(kind: str, **kwargs: Any) -> scheduler.Engine:
@@ -52,3 +53,27 @@ def blob_kernel() -> tuple[Callable[..., Blob], list[int]]:
         return Blob()
 
     return grow, high
+
+
+class RaisingIn(Callback):
+    """A callback whose hook ``hook`` raises: every other callback's ``finish`` must
+    still run."""
+
+    def __init__(self, hook: str):
+        self.hook = hook
+
+    def _maybe(self, hook: str) -> None:
+        if hook == self.hook:
+            raise RuntimeError(f"callback broke in {hook}")
+
+    def start(self, run: Any) -> None:
+        self._maybe("start")
+
+    def pretask(self, run: Any, position: int) -> None:
+        self._maybe("pretask")
+
+    def posttask(self, run: Any, record: Any) -> None:
+        self._maybe("posttask")
+
+    def finish(self, run: Any, error: BaseException | None) -> None:
+        self._maybe("finish")

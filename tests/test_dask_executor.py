@@ -22,6 +22,8 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
+from engines import RaisingIn  # noqa: E402
+
 import dataflow as df  # noqa: E402
 import scheduler  # noqa: E402
 from dataflow.models import build_mlp  # noqa: E402
@@ -427,27 +429,6 @@ def test_core_imports_without_distributed_and_dask_names_the_extra():
 
 
 # --------------------------------------------------------------------------- reliability
-
-class RaisingIn(Callback):
-    def __init__(self, hook: str):
-        self.hook = hook
-
-    def _maybe(self, hook: str) -> None:
-        if hook == self.hook:
-            raise RuntimeError(f"callback broke in {hook}")
-
-    def start(self, run):
-        self._maybe("start")
-
-    def pretask(self, run, position):
-        self._maybe("pretask")
-
-    def posttask(self, run, record):
-        self._maybe("posttask")
-
-    def finish(self, run, error):
-        self._maybe("finish")
-
 
 @pytest.mark.parametrize("hook", ["start", "pretask", "posttask", "finish"])
 def test_a_raising_callback_still_lets_every_finish_run(local_executor, hook):

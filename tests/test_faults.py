@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from engines import ExitWorker, make_engine
+from engines import ExitWorker, RaisingIn, make_engine
 
 import dataflow as df
 import scheduler
@@ -439,27 +439,6 @@ class Recorder(Callback):
         self.finished.append(error)
 
 
-class Raising(Callback):
-    def __init__(self, hook: str):
-        self.hook = hook
-
-    def _maybe(self, hook: str) -> None:
-        if hook == self.hook:
-            raise RuntimeError(f"callback broke in {hook}")
-
-    def start(self, run):
-        self._maybe("start")
-
-    def pretask(self, run, position):
-        self._maybe("pretask")
-
-    def posttask(self, run, record):
-        self._maybe("posttask")
-
-    def finish(self, run, error):
-        self._maybe("finish")
-
-
 @pytest.mark.parametrize("hook", ["start", "pretask", "posttask", "finish"])
 @pytest.mark.parametrize("kind", ["inline", "threads", "threads-all-pooled", "processes"])
 def test_a_raising_callback_still_lets_every_finish_run(kind, hook):
@@ -470,7 +449,7 @@ def test_a_raising_callback_still_lets_every_finish_run(kind, hook):
     with make_engine(kind) as engine:
         warm(engine)
         with pytest.raises(RuntimeError, match=f"callback broke in {hook}") as info:
-            engine.run(out, {x: 0.0}, callbacks=[before, Raising(hook), after])
+            engine.run(out, {x: 0.0}, callbacks=[before, RaisingIn(hook), after])
         assert not isinstance(info.value, NodeError), "a callback's error blamed on a node"
         for rec in (before, after):
             assert len(rec.finished) == 1
