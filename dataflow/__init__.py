@@ -10,7 +10,10 @@ same graph (symbol-to-symbol back-propagation), and run it with ``scheduler``::
     print(scheduler.run([loss, gw], {x: np.ones((4, 3))}))
 """
 
-from . import models
+from . import (
+    lowering,  # noqa: F401 - loaded with the package, not inside a first run's timing
+    models,
+)
 from .checking import check_grads
 from .checkpointing import after
 from .errors import (

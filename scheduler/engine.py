@@ -594,12 +594,17 @@ class Engine:
             if key not in source:
                 raise FeedError(f"feed key {key!r} is not in the task graph")
         cbs = self.callbacks + tuple(callbacks)
+        spec_of = source.spec
         if not cbs and timeout is None and not self.check_numerics and self._may_walk_directly():
             with gc_paused():
                 direct = scan(source, wanted, feeds)
                 if self.kind == "inline" or inside_kernel() or self._all_cheap(direct):
                     return pack_results(keys, walk(direct))
-        plan = Plan(wanted, list(feeds), source.spec)
+            # The pool it is: the plan reuses the specs the scan built (a dask graph's
+            # task objects cost more to read than the rest of the plan).
+            scanned = direct.specs
+            spec_of = lambda key: scanned.get(key) or source.spec(key)  # noqa: E731
+        plan = Plan(wanted, list(feeds), spec_of)
         plan.workers = self.workers
         if self.kind != "inline":  # the inline executor never consults estimates
             plan.seed_estimates(self._costs, self.inline_threshold)

@@ -12,6 +12,7 @@ behind) live on too.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import concurrent.futures.thread  # noqa: F401 - cf loads it lazily, inside a first run
 import multiprocessing
 import os
 import select
