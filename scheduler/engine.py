@@ -95,6 +95,7 @@ from .executors import (
     make_pool,
     pool_is_broken,
     runs_on_current_thread,
+    start_threads,
     submit_shared,
     worker_name,
 )
@@ -221,6 +222,10 @@ class Engine:
             intra_op_threads, self.kind, self.workers, external=self._external is not None)
         self._closed = False
         self._finalizer = weakref.finalize(self, _shutdown_pools, self._owned)
+        if self.kind in ("threads", "asyncio"):
+            # Start the pool's threads with the engine, as TensorFlow starts its pools with
+            # the session: a first run then waits for no thread start-up on its way.
+            start_threads(self._pool())
 
     @property
     def inline_threshold(self) -> float:

@@ -221,6 +221,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def start_threads(pool: Any) -> None:
+    """Start every worker thread of a ``ThreadPoolExecutor`` now: it otherwise starts them
+    one per ``submit``, and the submitting thread waits for each to come up."""
+    adjust = getattr(pool, "_adjust_thread_count", None)
+    if not isinstance(pool, cf.ThreadPoolExecutor) or adjust is None:
+        return
+    for _ in range(pool._max_workers):  # each call starts one while none is idle
+        adjust()
+
+
 def pool_is_broken(pool: Any) -> bool:
     return bool(getattr(pool, "_broken", False))
 
