@@ -4,6 +4,7 @@ the benchmark suite. Mistakes in user input print one line and exit with status 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -353,7 +354,6 @@ def read_npy_feed(name: str, file: str) -> np.ndarray:
     regular file is read (a FIFO or a device would block or never end), and a header
     whose shape needs more bytes than the file holds is refused before any memory is
     allocated for it."""
-    import os
     import stat
 
     where = f"cannot read feed {name!r} from {file!r}"
@@ -364,8 +364,9 @@ def read_npy_feed(name: str, file: str) -> np.ndarray:
     except OSError as exc:
         raise UsageError(f"{where}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as f:
-        size = os.fstat(fd).st_size
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        size = info.st_size
+        if not stat.S_ISREG(info.st_mode):
             raise UsageError(f"{where}: not a regular file")
         try:
             version = np.lib.format.read_magic(f)
@@ -373,10 +374,7 @@ def read_npy_feed(name: str, file: str) -> np.ndarray:
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            count = 1
-            for d in shape:
-                count *= int(d)
-            needed = count * dtype.itemsize
+            needed = math.prod(int(d) for d in shape) * dtype.itemsize
             held = size - f.tell()
             if dtype.hasobject:
                 raise UsageError(f"{where}: the array holds Python objects; feeds must be "

@@ -51,6 +51,7 @@ from .op import Op
 from .ops.core import AddN, Constant, Placeholder
 from .ops.elementwise import Abs, Add, Divide, Multiply, Negative, Sqrt, Square, Subtract, Where
 from .ops.shape_ops import BroadcastTo
+from .shapes import product
 
 __all__ = ["MAX_INPUTS", "MAX_OPS", "MIN_SIZE", "TEMPLATES", "FusedElementwise", "FusedKernel",
            "fuse"]
@@ -174,12 +175,8 @@ def _fusable(node: Node) -> bool:
 def _large(shape: tuple) -> bool:
     if MIN_SIZE <= 1:
         return True
-    size = 1
-    for dim in shape:
-        if dim is None:
-            return False
-        size *= dim
-    return size >= MIN_SIZE
+    size = product(shape)
+    return size is not None and size >= MIN_SIZE
 
 
 def fuse(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[list, list, dict]:

@@ -558,11 +558,9 @@ class Node:
 
     def __key_named__(self, name: str) -> Node:
         """The node called ``name`` in this node's graph: how the engine resolves fetches
-        and feeds given by name (``scheduler.names``). ``LookupError`` if there is none."""
-        node = self.graph.get(name)
-        if node is None:
-            raise LookupError(f"graph {self.graph.name!r} has no node named {name!r}")
-        return node
+        and feeds given by name (``scheduler.names``). ``UnknownNameError`` (a
+        ``LookupError``) if there is none."""
+        return self.graph.node_by_name(name)
 
     @staticmethod
     def __plan_rewrite__(fetch_keys: list, fed_keys: list, *, simplify: bool = True,

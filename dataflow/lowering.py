@@ -68,15 +68,15 @@ def feed_check(node: Node) -> Any:
     placeholders and fed computed nodes alike (the kernels after a computed node count
     on its static shape and dtype as much as those after a placeholder do)."""
     shape, dtype = node.shape, node.dtype  # a shape with unknown dims never matches below
-    kind = "placeholder" if isinstance(node.op, Placeholder) else "node"
-    what = f"{kind} {node.name!r}"
 
     def check_feed(value: Any) -> Any:
         # The common feed, an array of exactly the declared shape and dtype, passes in
-        # a few comparisons: this runs for every fed node of every run.
+        # a few comparisons: this runs for every fed node of every run. Every computed
+        # node gets this check, so the message is only built when it is needed.
         if type(value) is np.ndarray and value.dtype == dtype and value.shape == shape:
             return value
-        return convert_feed(what, value, shape, dtype)
+        kind = "placeholder" if isinstance(node.op, Placeholder) else "node"
+        return convert_feed(f"{kind} {node.name!r}", value, shape, dtype)
 
     return check_feed
 

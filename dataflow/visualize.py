@@ -516,10 +516,9 @@ def notebook_html(nodes: Sequence[Node], *, title: str) -> str:
 def _summary_html(nodes: Sequence[Node]) -> str:
     roles = Counter(_roles(nodes, ()).values())
     ops = Counter(n.op.name for n in nodes)
-    ids = {n.id for n in nodes}
     used = {p.id for n in nodes for p in n.inputs}
     inputs = [n for n in nodes if n.op.name == "placeholder"]
-    outputs = [n for n in nodes if n.id not in used and n.id in ids]
+    outputs = [n for n in nodes if n.id not in used]
 
     def names(group: list[Node]) -> str:
         shown = ", ".join(html.escape(f"{n.name} {fmt(n.shape)}") for n in group[:10])

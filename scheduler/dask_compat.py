@@ -41,6 +41,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 from .callbacks import Callback, RunInfo, TaskRecord
+from .taskgraph import as_task_mapping
 
 __all__ = ["DaskCallbacks", "DaskGet", "PoolExecutor"]
 
@@ -119,7 +120,7 @@ class DaskGet:
         self.callbacks = tuple(engine_cbs)
         if cache:
             # Cached values stand for their keys (also keys the graph lacks), as in dask.
-            tasks = dict(_as_mapping(tasks))
+            tasks = dict(as_task_mapping(tasks))
             fed = dict(cache)
             for key in fed:
                 if key not in tasks:
@@ -153,7 +154,7 @@ class DaskGet:
             callback_class.active = set()
             hooks = [tuple(h) + (None,) * (5 - len(h)) for h in saved] + hooks
         try:
-            dsk = _as_dask_graph(_as_mapping(self.tasks))
+            dsk = _as_dask_graph(as_task_mapping(self.tasks))
             adapter = DaskCallbacks(hooks, dsk, self.cache)
             started: list[tuple] = []
             failed = True
@@ -312,12 +313,6 @@ def _as_executor(pool: Any) -> Any:
         return pool
     raise TypeError("pool must be a concurrent.futures.Executor or a multiprocessing.pool "
                     f"pool, got {pool!r}")
-
-
-def _as_mapping(tasks: Any) -> Mapping:
-    if not isinstance(tasks, Mapping) and hasattr(tasks, "__dask_graph__"):
-        return tasks.__dask_graph__()  # a dask expression, as dask.compute passes it
-    return tasks
 
 
 def _as_dask_graph(dsk: Mapping) -> Mapping:

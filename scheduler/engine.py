@@ -585,10 +585,9 @@ class Engine:
         CycleError
             If the task graph has a cycle.
         """
-        from .taskgraph import TaskGraphSource, flatten_keys, pack_results
+        from .taskgraph import TaskGraphSource, as_task_mapping, flatten_keys, pack_results
 
-        if not isinstance(tasks, Mapping) and hasattr(tasks, "__dask_graph__"):
-            tasks = tasks.__dask_graph__()  # a dask expression, as dask.compute passes it
+        tasks = as_task_mapping(tasks)
         source = TaskGraphSource(tasks)
         wanted = flatten_keys(keys)
         for key in wanted:
@@ -749,8 +748,7 @@ def _timed_walk(plan: Plan, values: list, durations: dict[int, float],
     except RunCancelled:
         raise
     except Exception as exc:
-        add_node_note(exc, plan.names[p], plan.ops[p])
-        raise
+        raise_task_error(plan.names[p], plan.ops[p], exc)
     return len(plan.steps)
 
 
@@ -794,6 +792,10 @@ class _Run:
         #: cost keys confirmed slow during this run: their tasks' plan estimates are stale
         self.relearned: set = set()
         self.placement = engine.placement
+        # Looked up once per run, not once per ready task (``_make_ready``).
+        self.isolating = engine.placement.isolating
+        self.cheap_enough = engine.placement.cheap
+        self.costs = engine._costs
         self.error: tuple[int, BaseException] | None = None
         self.completions: queue.SimpleQueue = queue.SimpleQueue()
         self.started = time.perf_counter()
@@ -831,15 +833,19 @@ class _Run:
             heapq.heappush(self.cheap, p)
             return
         plan = self.plan
-        estimate = plan.estimates[p]
-        key = plan.cost_keys[p]
-        if key is not None and (estimate is None or key in self.relearned):
-            # Not measured in this plan, or proven slow within this run: go by what its
-            # kind of task took elsewhere, or just now.
-            estimate = self.engine._costs.get(key, estimate)
-        elif plan.expensive[p]:
-            estimate = None  # confirmed expensive in this plan: the pool, as if unknown
-        inline = self.placement.inline_ok(estimate, plan.kernels[p])
+        if self.isolating:  # only the engine's pass-throughs stay on this thread
+            inline = self.placement.inline_ok(None, plan.kernels[p])
+        else:
+            estimate = plan.estimates[p]
+            key = plan.cost_keys[p]
+            if key is not None and (estimate is None or (self.relearned
+                                                         and key in self.relearned)):
+                # Not measured in this plan, or proven slow within this run: go by what
+                # its kind of task took elsewhere, or just now.
+                estimate = self.costs.get(key, estimate)
+            elif plan.expensive[p]:
+                estimate = None  # confirmed expensive in this plan: the pool, as if unknown
+            inline = self.cheap_enough(estimate)
         heapq.heappush(self.cheap if inline else self.costly, p)
 
     def _finish(self, p: int, value: Any, start: float, end: float, worker: str) -> None:

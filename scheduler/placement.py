@@ -95,9 +95,6 @@ class CostTable:
     def get(self, key: Hashable, default: float | None = None) -> float | None:
         return self._table.get(key, default)
 
-    def __getitem__(self, key: Hashable) -> float:
-        return self._table[key]
-
     def __setitem__(self, key: Hashable, seconds: float) -> None:
         with self._lock:
             self._table[key] = seconds
@@ -119,10 +116,6 @@ class CostTable:
         if old is None or seconds < old:
             self[key] = seconds
 
-    def clear(self) -> None:
-        with self._lock:
-            self._table.clear()
-
 
 class Placement:
     """The placement rules for one engine (see the module docstring).
@@ -130,13 +123,11 @@ class Placement:
     ``cheap(estimate)`` is the one test of "known to be cheap"; the drivers ask
     ``inline_ok`` for each ready task and ``may_walk`` for a whole plan."""
 
-    __slots__ = ("kind", "threshold", "isolating", "sequential_only")
+    __slots__ = ("threshold", "isolating")
 
     def __init__(self, kind: str, threshold: float, pool: Any = None):
-        self.kind = kind
         self.threshold = threshold
         self.isolating = is_isolating(kind, pool)
-        self.sequential_only = kind == "inline"
 
     def cheap(self, estimate: float | None) -> bool:
         """Known to be cheap: measured or hinted at most the inline threshold."""

@@ -40,8 +40,8 @@ from scheduler.errors import UnknownKeyError
 from scheduler.placement import stable_cost_key
 from scheduler.spec import NO_VALUE, TaskSpec
 
-__all__ = ["TaskGraphSource", "cost_key_of", "flatten_keys", "func_name", "pack_results",
-           "plain_args"]
+__all__ = ["TaskGraphSource", "as_task_mapping", "cost_key_of", "flatten_keys", "func_name",
+           "pack_results", "plain_args"]
 
 # How a piece of an argument structure is obtained from the tuple of dep values.
 _CONST = 0  # payload: the value itself
@@ -549,6 +549,14 @@ def _all_distinct_keys(items: list, tasks: Mapping, dt: _DaskTypes | None) -> bo
 
 
 # --------------------------------------------------------------------------- keys
+
+
+def as_task_mapping(tasks: Any) -> Mapping:
+    """``tasks`` as a mapping: a dask expression (what ``dask.compute`` hands a scheduler)
+    becomes its graph; a mapping is returned as it is."""
+    if not isinstance(tasks, Mapping) and hasattr(tasks, "__dask_graph__"):
+        return tasks.__dask_graph__()
+    return tasks
 
 
 def flatten_keys(keys: Any) -> list:
