@@ -20,10 +20,10 @@ in each of them rather than written to memory and read back (as XLA does): these
 loops are bound by memory traffic, not by a few more flops; so a forward pass and its
 gradient often need only their transcendental ops and a few kernels. Constants enter
 the source as literals of their dtype (a 0-d input would make the loop strided, and
-numba vectorizes only unit-stride loops). Groups of one op stay numpy's ufuncs, and
-so do groups on fewer than ``MIN_SIZE`` elements (or on shapes not known statically):
-compiling a kernel takes a tenth of a second, which only large arrays pay back, and on
-small arrays the compiled plan already removes the per-op overhead.
+numba vectorizes only unit-stride loops). Groups of one op stay numpy's ufuncs.
+Arrays of fewer than ``MIN_SIZE`` elements (or of shapes not known statically) are not
+grouped here: on them an op costs its call, not its memory traffic, and ``fuse``'s
+second pass (``fusion_regions.py``) makes whole regions of them one call each.
 
 Fusable: the ops of ``TEMPLATES`` (arithmetic, ``abs``, ``sqrt``, ``where``,
 ``add_n``, and ``broadcast_to``, which the kernel's own broadcasting replaces when the
@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from .graph import Graph, Node, ancestors
+from .kernel_cache import load_function
 from .op import Op
 from .ops.core import AddN, Constant, Placeholder
 from .ops.elementwise import Abs, Add, Divide, Multiply, Negative, Sqrt, Square, Subtract, Where
@@ -94,10 +95,15 @@ def _compiled_ufunc(params: tuple[str, ...], expression: str, signature: str) ->
         import numba
     except ImportError as exc:
         raise ImportError(_MISSING) from exc
-    namespace: dict[str, Any] = {"np": np}
     # Our own source: input names i0, i1, ... and the operators of TEMPLATES only.
-    exec(f"def fused({', '.join(params)}): {expression}\n", namespace)  # noqa: S102
-    return numba.vectorize([signature], nopython=True)(namespace["fused"])
+    function, in_file = load_function(f"def fused({', '.join(params)}): {expression}\n",
+                                      "fused", {"np": np})
+    try:
+        return numba.vectorize([signature], nopython=True, cache=in_file)(function)
+    except Exception:  # noqa: BLE001 - an unreadable cache entry: compile afresh
+        if not in_file:
+            raise
+        return numba.vectorize([signature], nopython=True)(function)
 
 
 class FusedKernel:
@@ -182,8 +188,20 @@ def _large(shape: tuple) -> bool:
 def fuse(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[list, list, dict]:
     """The engine's fusion rewrite, in ``__plan_rewrite__``'s terms: the new fetch keys
     (position for position), the new keys of the fed keys, and ``{new key: original
-    key}``. Returns the keys unchanged when nothing fuses; raises ``ImportError``
-    without numba."""
+    key}``. Large arrays get this module's kernels, then small ones the regions of
+    ``fusion_regions``. Returns the keys unchanged when nothing fuses; raises
+    ``ImportError`` without numba."""
+    from .fusion_regions import fuse_regions
+
+    keys, fed, origin = fuse_groups(fetch_keys, fed_keys)
+    keys, fed, second = fuse_regions(keys, fed)
+    if not second:
+        return keys, fed, origin
+    return keys, fed, {new: origin.get(old, old) for new, old in second.items()}
+
+
+def fuse_groups(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[list, list, dict]:
+    """``fuse``'s first pass: the groups of large arrays (see the module docstring)."""
     identity: tuple[list, list, dict] = (list(fetch_keys), list(fed_keys), {})
     keys = [*fetch_keys, *fed_keys]
     if not fetch_keys or not all(isinstance(k, Node) for k in keys):

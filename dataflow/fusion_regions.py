@@ -1,0 +1,420 @@
+"""Elementwise fusion on small arrays: whole regions of a graph as one compiled loop.
+
+On arrays of a few elements an op costs its dispatch, not its arithmetic: a numpy
+call is some 0.2 µs whatever it computes, so a chain of thousands of tiny ops (a
+forward pass and its gradient on a handful of scalars) runs at numpy's call rate.
+``fuse_regions`` rewrites a graph (as ``fusion.fuse`` does) so that each *region* of
+small elementwise nodes becomes one node whose kernel runs the whole region element by
+element: a numpy ufunc with several outputs, compiled by numba's ``guvectorize`` from
+the region's source. Nothing inside is written to memory; a 6000-op forward and
+gradient on 4 elements is one call.
+
+A region is a set of fusable nodes of one static shape (under ``fusion.MIN_SIZE``
+elements; larger arrays get ``fusion.fuse``'s single-output kernels) that is
+*convex*: no path leaves it and comes back, so it can run as one step. Regions are
+found without search, as levels: a node's level is the most edges that cannot join a
+region on any path from a source to it (an edge joins when both ends are fusable and
+of the same shape), and a region is a connected set of joining edges within one level.
+A path out of a region and back in crosses an edge that cannot join, so it ends a
+level higher: never in the region it left. Its outputs are the members read outside
+it (fetched, or the input of another node); its inputs, what its members read from
+outside (scalar float constants enter the source as literals). A region needs
+``MIN_REGION_OPS`` ops to pay for its call and its compile, and at most
+``MAX_REGION_OPS`` ops (numba's compile time grows faster than linearly: a 6000-op
+region compiles in about half a minute) and ``MAX_REGION_ARGS`` operands (numpy's
+ufuncs take a bounded number); a region outside these bounds stays unfused.
+
+Fusable: ``fusion.TEMPLATES``'s ops, which IEEE arithmetic rounds exactly (numba
+compiles without fast-math, so nothing is reassociated or contracted), and the
+float64 transcendental functions of ``TRANSCENDENTAL`` for which numba's compiled
+code gives bitwise numpy's values: ``exact_functions`` checks this once per process
+on a probe of values across each function's range, because it holds only where numpy
+calls the C library's function (as numpy does for float64 ``sin`` and ``cos`` on
+x86-64) and not where numpy has a vectorized implementation of its own. So a fused
+plan gives bitwise the unfused plan's values here too.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import fusion
+from .fusion import _MISSING, TEMPLATES, _broadcasts_to, _fusable, _literal
+from .graph import Graph, Node, ancestors
+from .kernel_cache import load_function
+from .op import Op
+from .ops.core import AddN, Placeholder
+from .ops.elementwise import Cos, Elementwise, Exp, Log, Sin, Tanh
+from .ops.shape_ops import BroadcastTo
+from .shapes import product
+
+__all__ = ["MAX_REGION_ARGS", "MAX_REGION_OPS", "MIN_REGION_OPS", "TRANSCENDENTAL",
+           "FusedOutput", "FusedRegion", "RegionKernel", "exact_functions", "fuse_regions"]
+
+#: the fewest ops worth a region: its call costs about what a few numpy calls do
+MIN_REGION_OPS = 8
+#: the most ops in one region (compile time)
+MAX_REGION_OPS = 8192
+#: the most inputs plus outputs of one region's ufunc (numpy 1.x allows 32 operands)
+MAX_REGION_ARGS = 32
+
+#: float64 functions a region may compute, as numba source, when ``exact_functions``
+#: finds numba's compiled code bitwise equal to numpy's ufunc
+TRANSCENDENTAL: dict[type[Elementwise], str] = {Sin: "math.sin", Cos: "math.cos", Exp: "math.exp",
+                                   Log: "math.log", Tanh: "math.tanh"}
+
+_SCALAR_TYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64",
+                 np.dtype(np.bool_): "boolean"}
+
+
+def _probe_values(op: type) -> np.ndarray:
+    """Values across ``op``'s domain: small, large, tiny and special arguments."""
+    r = np.random.default_rng(20261130)
+    if op is Log:
+        core = [r.uniform(0, 10, 2048), 10.0 ** r.uniform(-300, 300, 1024),
+                r.uniform(0.5, 2.0, 1024), [0.0, 1.0, np.inf, -1.0, np.nan, 5e-324]]
+    elif op is Exp:
+        core = [r.uniform(-20, 20, 2048), r.uniform(-745, 710, 1024),
+                r.standard_normal(1024) * 1e-6, [0.0, -0.0, 709.78, -745.2, np.inf, -np.inf]]
+    else:
+        core = [r.uniform(-10, 10, 2048), r.uniform(-1e6, 1e6, 1024),
+                r.standard_normal(1024) * 1e-8,
+                [0.0, -0.0, np.pi, -np.pi / 2, 1e300, 5e-324, np.inf, np.nan]]
+    return np.concatenate([np.asarray(c, np.float64) for c in core])
+
+
+@functools.lru_cache(maxsize=1)
+def exact_functions() -> frozenset[type]:
+    """The ops of ``TRANSCENDENTAL`` whose numba-compiled form (as a region compiles
+    it) gives bitwise numpy's float64 values on the probe, in this process."""
+    import warnings
+
+    found = set()
+    for op, call in TRANSCENDENTAL.items():
+        kernel = _compiled_region(f"def region(i0, o0):\n    o0[0] = {call}(i0)\n",
+                                  "void(float64, float64[:])", "()->()")
+        values = _probe_values(op)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            ours, numpys = kernel(values), op.ufunc(values)
+        if np.array_equal(ours.view(np.int64), numpys.view(np.int64)):
+            found.add(op)
+    return frozenset(found)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_region(source: str, signature: str, layout: str) -> Any:
+    """The numpy ufunc of a region's source, compiled once per process."""
+    try:
+        import numba
+    except ImportError as exc:
+        raise ImportError(_MISSING) from exc
+    # Our own source: names i0.., t0.., o0.. and the templates' operators only.
+    function, in_file = load_function(source, "region", {"np": np, "math": math})
+    try:
+        return numba.guvectorize([signature], layout, nopython=True,
+                                 cache=in_file)(function).ufunc
+    except Exception:  # noqa: BLE001 - an unreadable cache entry: compile afresh
+        if not in_file:
+            raise
+        return numba.guvectorize([signature], layout, nopython=True)(function).ufunc
+
+
+class RegionKernel:
+    """A region's kernel: ``kernel(*inputs)`` gives its outputs, a tuple when it has
+    several. Picklable as its source, so that process pools and clusters can run it;
+    each process compiles it once."""
+
+    __slots__ = ("source", "signature", "layout", "_ufunc")
+
+    def __init__(self, source: str, signature: str, layout: str):
+        self.source = source
+        self.signature = signature
+        self.layout = layout
+        self._ufunc: Any = None
+
+    def __call__(self, *values: Any) -> Any:
+        ufunc = self._ufunc
+        if ufunc is None:
+            ufunc = self._ufunc = _compiled_region(self.source, self.signature, self.layout)
+        return ufunc(*values)
+
+    def __reduce__(self) -> Any:
+        return RegionKernel, (self.source, self.signature, self.layout)
+
+    def __repr__(self) -> str:
+        return f"region({self.layout})"
+
+
+class FusedRegion(Op):
+    """A region of elementwise nodes computed by one compiled kernel; its value is the
+    tuple of the region's outputs (each taken out by a ``FusedOutput`` node), or the
+    one output itself. Made by ``fuse_regions`` for a plan, never saved or registered."""
+
+    attr_names = ("source", "signature", "layout", "shape", "dtype", "ops")
+    builtin = True
+    #: its value is an array, or a tuple read only by ``FusedOutput`` nodes
+    returns_numpy = True
+
+    def infer(self, *inputs: Node) -> tuple[tuple, np.dtype]:
+        return self.shape, self.dtype
+
+    def kernel(self) -> Any:
+        found = self.__dict__.get("_kernel")
+        if found is None:
+            found = RegionKernel(self.source, self.signature, self.layout)
+            object.__setattr__(self, "_kernel", found)
+        return found
+
+    def forward(self, *values: Any) -> Any:
+        return self.kernel()(*values)
+
+    def flops(self, input_shapes: Sequence[tuple[int, ...]],
+              output_shape: tuple[int, ...]) -> float:
+        return float(len(self.ops) * (product(output_shape) or 1))
+
+
+class FusedOutput(Op):
+    """One output of a ``FusedRegion`` of several: item ``index`` of its tuple."""
+
+    attr_names = ("index", "shape", "dtype")
+    builtin = True
+    returns_numpy = True
+
+    def infer(self, *inputs: Node) -> tuple[tuple, np.dtype]:
+        return self.shape, self.dtype
+
+    def forward(self, region: tuple) -> Any:
+        return region[self.index]
+
+
+# Named after the classes exist: never in the registry, never in a file.
+FusedRegion.name = "fused_region"
+FusedOutput.name = "fused_output"
+
+
+def _region_candidate(node: Node, exact: frozenset[type]) -> bool:
+    """Whether ``node`` may be computed inside a region (its shape small and known)."""
+    size = product(node.shape)
+    if size is None or not 0 < size < fusion.MIN_SIZE:
+        return False
+    if type(node.op) in TRANSCENDENTAL:
+        return (type(node.op) in exact and node.dtype == np.float64
+                and all(i.dtype == np.float64 for i in node.inputs))
+    return _fusable(node)
+
+
+def fuse_regions(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[list, list, dict]:
+    """``fusion.fuse``'s second pass, in ``__plan_rewrite__``'s terms: the new fetch keys,
+    the new keys of the fed keys, and ``{new key: key}``; the keys unchanged when no
+    region forms."""
+    identity: tuple[list, list, dict] = (list(fetch_keys), list(fed_keys), {})
+    keys = [*fetch_keys, *fed_keys]
+    if not fetch_keys or not all(isinstance(k, Node) for k in keys):
+        return identity
+    graph = fetch_keys[0].graph
+    if any(k.graph is not graph for k in keys):
+        return identity
+    fed = {k.id for k in fed_keys}
+    order = ancestors(list(fetch_keys), cut=fed)
+    cut = {n.id for n in order if n.id in fed or isinstance(n.op, Placeholder)}
+    shapes = {n.shape for n in order if n.id not in cut}
+    if not any((size := product(s)) is not None and 0 < size < fusion.MIN_SIZE
+               for s in shapes):
+        return identity
+    try:
+        exact = exact_functions() if any(type(n.op) in TRANSCENDENTAL for n in order) \
+            else frozenset()
+    except ImportError as exc:
+        raise ImportError(_MISSING) from exc
+    candidate = {n.id for n in order if n.id not in cut and _region_candidate(n, exact)}
+    regions = _regions(order, cut, candidate, {k.id for k in fetch_keys})
+    if not regions:
+        return identity
+    return _rebuild(order, fetch_keys, fed_keys, fed, regions)
+
+
+class _Region:
+    """One region: members in topological order, inputs, literals, outputs."""
+
+    __slots__ = ("members", "inputs", "literals", "outputs")
+
+    def __init__(self, members: list[Node], inputs: list[Node], literals: dict[int, str],
+                 outputs: list[Node]):
+        self.members = members
+        self.inputs = inputs
+        self.literals = literals
+        self.outputs = outputs
+
+
+def _regions(order: list[Node], cut: set[int], candidate: set[int],
+             fetched: set[int]) -> list[_Region]:
+    """The regions of ``order`` (see the module docstring), each within its bounds."""
+    level: dict[int, int] = {}
+    parent: dict[int, int] = {}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    consumers: dict[int, list[Node]] = {}
+    for node in order:
+        parent[node.id] = node.id
+        joins = []
+        deepest = 0
+        for i in (() if node.id in cut else node.inputs):  # a fed node's inputs: unread
+            consumers.setdefault(i.id, []).append(node)
+            joining = (node.id in candidate and i.id in candidate and i.shape == node.shape
+                       and type(node.op) is not BroadcastTo)
+            deepest = max(deepest, level[i.id] + (0 if joining else 1))
+            if joining:
+                joins.append(i)
+        level[node.id] = deepest
+        for i in joins:
+            if level[i.id] == deepest:
+                parent[root(i.id)] = root(node.id)
+    components: dict[int, list[Node]] = {}
+    for node in order:
+        if node.id in candidate:
+            components.setdefault(root(node.id), []).append(node)
+    regions = []
+    for members in components.values():
+        region = _region(members, consumers, fetched)
+        if region is not None:
+            regions.append(region)
+    return regions
+
+
+def _region(members: list[Node], consumers: dict[int, list[Node]],
+            fetched: set[int]) -> _Region | None:
+    """A component as a region, or ``None`` when it is outside the bounds."""
+    ops = sum(type(m.op) is not BroadcastTo for m in members)
+    if not MIN_REGION_OPS <= ops <= MAX_REGION_OPS:
+        return None
+    inside = {m.id for m in members}
+    inputs: dict[int, Node] = {}
+    literals: dict[int, str] = {}
+    for m in members:
+        for i in m.inputs:
+            if i.id in inside or i.id in inputs or i.id in literals:
+                continue
+            text = _literal(i)
+            if text is not None:
+                literals[i.id] = text
+            else:
+                inputs[i.id] = i
+    outputs = [m for m in members if m.id in fetched
+               or any(c.id not in inside for c in consumers.get(m.id, ()))]
+    shape = members[0].shape
+    if not inputs or len(inputs) + len(outputs) > MAX_REGION_ARGS \
+            or not _broadcasts_to(shape, [i.shape for i in inputs.values()]):
+        return None
+    return _Region(members, list(inputs.values()), literals, outputs)
+
+
+def _region_op(region: _Region) -> FusedRegion:
+    """The source and signature of a region's kernel: one statement per member, in
+    topological order (no recursion), each output stored at the end."""
+    names: dict[int, str] = {i.id: f"i{k}" for k, i in enumerate(region.inputs)}
+    names.update(region.literals)
+    lines = []
+    for k, node in enumerate(region.members):
+        op = type(node.op)
+        inputs = node.inputs[:1] if op is BroadcastTo else node.inputs
+        parts = [names[i.id] for i in inputs]
+        if op is AddN:
+            value = " + ".join(parts)  # added left to right, as add_n does
+        elif op in TRANSCENDENTAL:
+            value = f"{TRANSCENDENTAL[op]}({parts[0]})"
+        else:
+            value = TEMPLATES[op].format(*parts)
+        names[node.id] = f"t{k}"
+        lines.append(f"t{k} = {value}")
+    outs = [f"o{k}" for k in range(len(region.outputs))]
+    lines += [f"{o}[0] = {names[m.id]}" for o, m in zip(outs, region.outputs)]
+    params = [f"i{k}" for k in range(len(region.inputs))] + outs
+    source = f"def region({', '.join(params)}):\n    " + "\n    ".join(lines) + "\n"
+    types = [_SCALAR_TYPES[i.dtype] for i in region.inputs]
+    types += [f"{_SCALAR_TYPES[m.dtype]}[:]" for m in region.outputs]
+    layout = ",".join("()" for _ in region.inputs) + "->" + \
+        ",".join("()" for _ in region.outputs)
+    first = region.outputs[0]
+    return FusedRegion(source=source, signature=f"void({', '.join(types)})", layout=layout,
+                       shape=first.shape if len(region.outputs) == 1 else (),
+                       dtype=first.dtype if len(region.outputs) == 1 else np.dtype(object),
+                       ops=tuple(m.op.name for m in region.members))
+
+
+def _rebuild(order: list[Node], fetch_keys: Sequence[Node], fed_keys: Sequence[Node],
+             fed: set[int], regions: list[_Region]) -> tuple[list, list, dict]:
+    """The new graph: each region one node (and one ``FusedOutput`` per output when it
+    has several), the other nodes copied, in a topological order of the result."""
+    from .rewrite import _FedValue
+
+    graph = fetch_keys[0].graph
+    new = Graph(f"{graph.name}.regions")
+    position = {n.id: k for k, n in enumerate(order)}
+    unit: dict[int, int] = {n.id: k for k, n in enumerate(order)}  # node id -> unit
+    for r, region in enumerate(regions):
+        for m in region.members:
+            unit[m.id] = len(order) + r
+    # Each unit's inputs and its place among the others (Kahn's algorithm, the earliest
+    # node first, so that the order stays close to the graph's own).
+    needs: dict[int, set[int]] = {}
+    first: dict[int, int] = {}
+    for node in order:
+        u = unit[node.id]
+        first.setdefault(u, position[node.id])
+        deps = needs.setdefault(u, set())
+        if node.id not in fed:
+            deps.update(unit[i.id] for i in node.inputs if i.id in unit and unit[i.id] != u)
+    waiting = {u: len(d) for u, d in needs.items()}
+    users: dict[int, list[int]] = {}
+    for u, deps in needs.items():
+        for d in deps:
+            users.setdefault(d, []).append(u)
+    ready = [(first[u], u) for u, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    images: dict[int, Node] = {}
+    origin: dict[Node, Node] = {}
+    while ready:
+        _, u = heapq.heappop(ready)
+        if u >= len(order):
+            region = regions[u - len(order)]
+            op = _region_op(region)
+            node = new._add(op, tuple(images[i.id] for i in region.inputs), op.shape,
+                            op.dtype, None if len(region.outputs) > 1
+                            else region.outputs[0].name)
+            if len(region.outputs) == 1:
+                images[region.outputs[0].id] = node
+                origin[node] = region.outputs[0]
+            else:
+                for k, m in enumerate(region.outputs):
+                    image = new._add(FusedOutput(index=k, shape=m.shape, dtype=m.dtype),
+                                     (node,), m.shape, m.dtype, m.name)
+                    images[m.id] = image
+                    origin[image] = m
+        else:
+            old = order[u]
+            if old.id in fed and not isinstance(old.op, Placeholder):
+                image = new._add(_FedValue(shape=old.shape, dtype=old.dtype), (), old.shape,
+                                 old.dtype, old.name)
+            else:
+                image = new._add(old.op, tuple(images[i.id] for i in old.inputs), old.shape,
+                                 old.dtype, old.name)
+            images[old.id] = image
+            origin[image] = old
+        for v in users.get(u, ()):
+            waiting[v] -= 1
+            if waiting[v] == 0:
+                heapq.heappush(ready, (first[v], v))
+    return ([images[k.id] for k in fetch_keys],
+            [images[k.id] for k in fed_keys if k.id in images], origin)

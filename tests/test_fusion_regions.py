@@ -1,0 +1,202 @@
+"""Fusion on small arrays (``Engine(fuse=True)``, ``dataflow/fusion_regions.py``):
+convex regions of elementwise nodes run as one multi-output compiled kernel, with
+bitwise the unfused values on every executor; kernels are cached on disk."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, note
+from test_fuzz import Built, Program, assert_bitwise, fuzz_settings, programs
+
+import dataflow as df
+import scheduler
+from dataflow import fusion_regions
+from dataflow.bench import workloads as w
+
+pytest.importorskip("numba")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_chain(n: int = 60):
+    """The benchmark's tiny-op chain: sin, * 1.0001, + 0.1 on 4 elements, and its
+    gradient."""
+    with df.Graph():
+        x = df.placeholder("x", (4,))
+        y = df.sum(w.tiny_chain((df.sin, df.multiply, df.add), x, n))
+        (gx,) = df.gradients(y, [x])
+    return [y, gx], {x: w.TINY_X0}
+
+
+def plan_ops(engine, fetches, feeds) -> list[str]:
+    plan = engine.plan(list(dict.fromkeys(fetches)), feeds)
+    return [plan.ops[p] for p in plan.compute]
+
+
+def test_a_forward_pass_and_its_gradient_become_one_kernel_with_the_unfused_bits():
+    fetches, feeds = tiny_chain()
+    with scheduler.Engine("inline") as plain:
+        expected = plain.run(fetches, feeds)
+    with scheduler.Engine("inline", fuse=True) as inline, \
+            scheduler.Engine("threads", workers=2, fuse=True) as threads:
+        ops = plan_ops(inline, fetches, feeds)
+        if {fusion_regions.Sin, fusion_regions.Cos} <= fusion_regions.exact_functions():
+            # The chain and the gradient's chain are one region; only the sum is not.
+            assert sorted(ops) == ["fused_output", "fused_output", "fused_region", "sum"]
+        else:
+            assert "fused_region" in ops
+        for r in range(3):  # the third inline run is a compiled plan's
+            assert_bitwise(inline.run(fetches, feeds), expected, f"inline run {r}")
+            assert_bitwise(threads.run(fetches, feeds), expected, f"threads run {r}")
+
+
+def test_regions_run_in_worker_processes():
+    fetches, feeds = tiny_chain(30)
+    with scheduler.Engine("inline") as plain:
+        expected = plain.run(fetches, feeds)
+    with scheduler.Engine("processes", workers=2, fuse=True, inline_threshold=0) as engine:
+        assert_bitwise(engine.run(fetches, feeds), expected, "processes")
+
+
+def test_region_kernels_pickle_as_their_source():
+    source = "def region(i0, i1, o0, o1):\n    t0 = i0 * i1\n    o0[0] = t0\n    o1[0] = t0 + i0\n"
+    kernel = fusion_regions.RegionKernel(source, "void(float64, float64, float64[:], "
+                                         "float64[:])", "(),()->(),()")
+    a, b = np.arange(3.0), np.full(3, 2.0)
+    copy = pickle.loads(pickle.dumps(kernel))
+    for k in (kernel, copy):
+        first, second = k(a, b)
+        assert np.array_equal(first, a * b) and np.array_equal(second, a * b + a)
+
+
+def test_a_region_never_swallows_a_path_that_leaves_it_and_comes_back():
+    """``a`` and ``c`` are small, elementwise and of one shape, but ``c`` reads ``a``
+    through a sum: one kernel for both would need its own output as an input."""
+    with df.Graph():
+        x = df.placeholder("x", (5,))
+        a = x
+        for _ in range(8):
+            a = a * 1.5 + 0.25
+        s = df.sum(a)             # leaves the region's level
+        c = a * s                 # back at the shape of ``a``
+        for _ in range(8):
+            c = c * 0.5 + 0.125
+    feeds = {x: np.linspace(-1, 1, 5)}
+    with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
+        ops = plan_ops(engine, [c, a], feeds)
+        assert ops.count("fused_region") == 2
+        assert_bitwise(engine.run([c, a], feeds), plain.run([c, a], feeds), "two regions")
+
+
+def test_bounds_short_chains_and_large_arrays_are_not_regions():
+    def chain(n_ops: int, size: int):
+        with df.Graph():
+            x = df.placeholder("x", (size,))
+            y = x
+            for k in range(n_ops):
+                y = y * 1.0001 if k % 2 else y + 0.5
+        return x, y
+
+    with scheduler.Engine("inline", fuse=True) as engine:
+        x, y = chain(fusion_regions.MIN_REGION_OPS - 1, 10)
+        assert "fused_region" not in plan_ops(engine, [y], {x: np.zeros(10)})
+        x, y = chain(fusion_regions.MIN_REGION_OPS, 10)
+        assert plan_ops(engine, [y], {x: np.zeros(10)}) == ["fused_region"]
+        x, y = chain(20, 70_000)  # large arrays: fusion.py's kernels, not a region
+        assert "fused_region" not in plan_ops(engine, [y], {x: np.zeros(70_000)})
+
+
+def test_a_region_takes_a_bounded_number_of_operands():
+    with df.Graph():
+        xs = [df.placeholder(f"p{k}", (3,)) for k in range(fusion_regions.MAX_REGION_ARGS)]
+        total = xs[0]
+        for x in xs[1:]:
+            total = total + x * 2.0
+    feeds = {x: np.full(3, float(k)) for k, x in enumerate(xs)}
+    with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
+        assert "fused_region" not in plan_ops(engine, [total], feeds)  # 32 inputs + 1 output
+        assert_bitwise([engine.run(total, feeds)], [plain.run(total, feeds)], "unfused")
+
+
+@pytest.mark.parametrize("fn", ["sin", "cos", "exp", "log", "tanh"])
+def test_transcendental_functions_fuse_only_where_bitwise_numpys(fn):
+    with df.Graph():
+        x = df.placeholder("x", (6,))
+        y = x * 0.5 - 2.0
+        for _ in range(4):
+            y = getattr(df, fn)(df.abs(y) + 0.5) * 0.25 - 1.0
+    feeds = {x: np.linspace(0.1, 3, 6)}
+    op = {"sin": fusion_regions.Sin, "cos": fusion_regions.Cos, "exp": fusion_regions.Exp,
+          "log": fusion_regions.Log, "tanh": fusion_regions.Tanh}[fn]
+    with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
+        ops = plan_ops(engine, [y], feeds)
+        assert (fn in ops) is (op not in fusion_regions.exact_functions())
+        assert_bitwise([engine.run(y, feeds)], [plain.run(y, feeds)], fn)
+
+
+@fuzz_settings(quick=15, stress=300)
+@given(program=programs(max_nodes=25))
+def test_random_graphs_in_regions_give_the_unfused_bits(program: Program):
+    note(repr(program))
+    built = Built(program)
+    saved = fusion_regions.MIN_REGION_OPS
+    fusion_regions.MIN_REGION_OPS = 2  # the fuzzer's graphs are small
+    try:
+        with scheduler.Engine("inline") as plain:
+            expected = plain.run(built.fetches, built.feeds)
+        with scheduler.Engine("inline", fuse=True) as inline, \
+                scheduler.Engine("threads", workers=2, fuse=True) as threads:
+            for r in range(2):
+                assert_bitwise(inline.run(built.fetches, built.feeds), expected, f"inline {r}")
+                assert_bitwise(threads.run(built.fetches, built.feeds), expected, f"threads {r}")
+    finally:
+        fusion_regions.MIN_REGION_OPS = saved
+
+
+SCRIPT = textwrap.dedent("""
+    import numpy as np, dataflow as df, scheduler
+    with df.Graph():
+        x = df.placeholder("x", (4,))
+        y = x
+        for k in range(12):
+            y = y * 1.25 - 0.5 if k % 2 else df.sqrt(df.abs(y) + 1.0)
+    with scheduler.Engine("inline", fuse=True) as engine:
+        plan = engine.plan([y], {x: np.ones(4)})
+        assert "fused_region" in [plan.ops[p] for p in plan.compute]
+        print(engine.run(y, {x: np.arange(4.0)}).tobytes().hex())
+""")
+
+
+def run_script(env: dict) -> str:
+    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_kernels_are_cached_on_disk_for_the_next_process(tmp_path):
+    env = {**os.environ, "DATAFLOW_CACHE_DIR": str(tmp_path)}
+    first = run_script(env)
+    sources = list((tmp_path / "kernels").glob("dataflow_kernel_*.py"))
+    assert sources
+    cached = list((tmp_path / "kernels" / "__pycache__").glob("*.nbi"))
+    assert cached  # numba's index of the compiled machine code
+    stamps = {p: p.stat().st_mtime_ns for p in sources}
+    assert run_script(env) == first  # loaded from the cache, same bits
+    assert {p: p.stat().st_mtime_ns for p in sources} == stamps  # sources not rewritten
+
+
+def test_an_unwritable_cache_folder_compiles_in_memory(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {**os.environ, "DATAFLOW_CACHE_DIR": str(blocker / "sub")}
+    home = {**os.environ, "DATAFLOW_CACHE_DIR": str(tmp_path / "ok")}
+    assert run_script(env) == run_script(home)
