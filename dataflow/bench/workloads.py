@@ -95,6 +95,30 @@ def tiny_chain(step_fns: tuple, x, n: int = TINY_N):
     return x
 
 
+def tiny_chain_numpy_grad(x: np.ndarray, n: int = TINY_N) -> tuple[np.ndarray, np.ndarray]:
+    """The tiny-op chain's sum and its gradient by hand in numpy: the same ufunc calls
+    as a graph's forward and gradient (sin, then cos and two multiplies per ``sin``
+    step on the way back), in a Python loop."""
+    sin, cos, mul, add_ = np.sin, np.cos, np.multiply, np.add
+    c, b = np.array(1.0001), np.array(0.1)
+    inputs = []
+    for i in range(n):
+        k = i % 3
+        if k == 0:
+            inputs.append(x)
+            x = sin(x)
+        else:
+            x = mul(x, c) if k == 1 else add_(x, b)
+    grad = np.ones_like(x)
+    for i in range(n - 1, -1, -1):
+        k = i % 3
+        if k == 1:
+            grad = mul(grad, c)
+        elif k == 0:
+            grad = mul(grad, cos(inputs.pop()))
+    return x.sum(), grad
+
+
 # -- MLP (anchor_mlp.py) ----------------------------------------------------------------
 
 B, D, H, C = 256, 784, 512, 10
