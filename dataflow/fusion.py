@@ -52,6 +52,7 @@ from .op import Op
 from .ops.core import AddN, Constant, Placeholder
 from .ops.elementwise import Abs, Add, Divide, Multiply, Negative, Sqrt, Square, Subtract, Where
 from .ops.shape_ops import BroadcastTo
+from .rewrite import copy_node, rewritable
 from .shapes import product
 
 __all__ = ["MAX_INPUTS", "MAX_OPS", "MIN_SIZE", "TEMPLATES", "FusedElementwise", "FusedKernel",
@@ -203,16 +204,13 @@ def fuse(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[list, list
 def fuse_groups(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[list, list, dict]:
     """``fuse``'s first pass: the groups of large arrays (see the module docstring)."""
     identity: tuple[list, list, dict] = (list(fetch_keys), list(fed_keys), {})
-    keys = [*fetch_keys, *fed_keys]
-    if not fetch_keys or not all(isinstance(k, Node) for k in keys):
+    if not rewritable(fetch_keys, fed_keys):
         return identity
     try:
         import numba  # noqa: F401 - asked for fusion: say now, not at the first run
     except ImportError as exc:
         raise ImportError(_MISSING) from exc
     graph = fetch_keys[0].graph
-    if any(k.graph is not graph for k in keys):
-        return identity
     fed = {k.id for k in fed_keys}
     fetched = {k.id for k in fetch_keys}
     order = ancestors(list(fetch_keys), cut=fed)
@@ -229,12 +227,7 @@ def fuse_groups(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[lis
     images: dict[int, Node] = {}
     origin: dict[Node, Node] = {}
     for node in order:
-        if node.id in fed and not isinstance(node.op, Placeholder):
-            from .rewrite import _FedValue
-
-            op: Op = _FedValue(shape=node.shape, dtype=node.dtype)
-            image = new._add(op, (), node.shape, node.dtype, node.name)
-        elif node.id in groups:
+        if node.id in groups and node.id not in fed:
             members, externals, literals = groups[node.id]
             if not members:
                 continue  # computed only inside the kernels of its consumers
@@ -242,8 +235,7 @@ def fuse_groups(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[lis
             image = new._add(op, tuple(images[e.id] for e in externals), node.shape,
                              node.dtype, node.name)
         else:
-            image = new._add(node.op, tuple(images[i.id] for i in node.inputs), node.shape,
-                             node.dtype, node.name)
+            image = copy_node(new, node, images, fed)
         images[node.id] = image
         origin[image] = node
     return ([images[k.id] for k in fetch_keys], [images[k.id] for k in fed_keys if k.id in images],

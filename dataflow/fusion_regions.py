@@ -52,6 +52,7 @@ from .op import Op
 from .ops.core import AddN, Placeholder
 from .ops.elementwise import Cos, Elementwise, Exp, Log, Sin, Tanh
 from .ops.shape_ops import BroadcastTo
+from .rewrite import copy_node, rewritable
 from .shapes import product
 
 __all__ = ["MAX_REGION_ARGS", "MAX_REGION_OPS", "MIN_REGION_OPS", "TRANSCENDENTAL",
@@ -215,11 +216,7 @@ def fuse_regions(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[li
     the new keys of the fed keys, and ``{new key: key}``; the keys unchanged when no
     region forms."""
     identity: tuple[list, list, dict] = (list(fetch_keys), list(fed_keys), {})
-    keys = [*fetch_keys, *fed_keys]
-    if not fetch_keys or not all(isinstance(k, Node) for k in keys):
-        return identity
-    graph = fetch_keys[0].graph
-    if any(k.graph is not graph for k in keys):
+    if not rewritable(fetch_keys, fed_keys):
         return identity
     fed = {k.id for k in fed_keys}
     order = ancestors(list(fetch_keys), cut=fed)
@@ -357,8 +354,6 @@ def _rebuild(order: list[Node], fetch_keys: Sequence[Node], fed_keys: Sequence[N
              fed: set[int], regions: list[_Region]) -> tuple[list, list, dict]:
     """The new graph: each region one node (and one ``FusedOutput`` per output when it
     has several), the other nodes copied, in a topological order of the result."""
-    from .rewrite import _FedValue
-
     graph = fetch_keys[0].graph
     new = Graph(f"{graph.name}.regions")
     position = {n.id: k for k, n in enumerate(order)}
@@ -404,12 +399,7 @@ def _rebuild(order: list[Node], fetch_keys: Sequence[Node], fed_keys: Sequence[N
                     origin[image] = m
         else:
             old = order[u]
-            if old.id in fed and not isinstance(old.op, Placeholder):
-                image = new._add(_FedValue(shape=old.shape, dtype=old.dtype), (), old.shape,
-                                 old.dtype, old.name)
-            else:
-                image = new._add(old.op, tuple(images[i.id] for i in old.inputs), old.shape,
-                                 old.dtype, old.name)
+            image = copy_node(new, old, images, fed)
             images[old.id] = image
             origin[image] = old
         for v in users.get(u, ()):

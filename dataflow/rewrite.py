@@ -64,7 +64,7 @@ compiles a plan; see ``scheduler.Engine(simplify=True)``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,6 +104,26 @@ class _FedValue(Op):
 
 # Named after the class exists, so that it is not registered: it never reaches a file.
 _FedValue.name = "fed"
+
+
+def rewritable(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> bool:
+    """Whether a plan's keys are nodes of one graph, which a rewrite may rebuild (for
+    anything else, the keys are compiled as they are)."""
+    keys = [*fetch_keys, *fed_keys]
+    if not fetch_keys or not all(isinstance(k, Node) for k in keys):
+        return False
+    graph = fetch_keys[0].graph
+    return all(k.graph is graph for k in keys)
+
+
+def copy_node(new: Graph, old: Node, images: dict[int, Node], fed: Container[int]) -> Node:
+    """``old`` added to the rewritten graph ``new`` as it is, reading the images of its
+    inputs; a fed computed node becomes a ``_FedValue`` (its inputs are not read)."""
+    if old.id in fed and not isinstance(old.op, Placeholder):
+        return new._add(_FedValue(shape=old.shape, dtype=old.dtype), (), old.shape, old.dtype,
+                        old.name)
+    return new._add(old.op, tuple(images[i.id] for i in old.inputs), old.shape, old.dtype,
+                    old.name)
 
 
 # -- the public function -------------------------------------------------------------
@@ -173,11 +193,7 @@ def plan_rewrite(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[li
     Fed keys that the fetches never needed are left out (the plan ignores them anyway).
     """
     identity: tuple[list, list, dict] = (list(fetch_keys), list(fed_keys), {})
-    keys = [*fetch_keys, *fed_keys]
-    if not fetch_keys or not all(isinstance(k, Node) for k in keys):
-        return identity
-    graph = fetch_keys[0].graph
-    if any(k.graph is not graph for k in keys):
+    if not rewritable(fetch_keys, fed_keys):
         return identity
     fed = {k.id: k for k in fed_keys}
     result = None

@@ -207,12 +207,18 @@ def test_random_graphs_fused_give_the_unfused_bits(program: Program):
     saved = fusion.MIN_SIZE
     fusion.MIN_SIZE = 0  # fuse the fuzzer's small arrays too
     try:
-        with scheduler.Engine("inline") as plain:
-            expected = plain.run(built.fetches, built.feeds)
-        with scheduler.Engine("inline", fuse=True) as inline, \
-                scheduler.Engine("threads", workers=2, fuse=True) as threads:
-            for r in range(2):
-                assert_bitwise(inline.run(built.fetches, built.feeds), expected, f"inline {r}")
-                assert_bitwise(threads.run(built.fetches, built.feeds), expected, f"threads {r}")
+        assert_fused_bits(built)
     finally:
         fusion.MIN_SIZE = saved
+
+
+def assert_fused_bits(built: Built) -> None:
+    """A random graph's fetches, fused on inline and threads engines, twice each: bitwise
+    the unfused inline values."""
+    with scheduler.Engine("inline") as plain:
+        expected = plain.run(built.fetches, built.feeds)
+    with scheduler.Engine("inline", fuse=True) as inline, \
+            scheduler.Engine("threads", workers=2, fuse=True) as threads:
+        for r in range(2):
+            assert_bitwise(inline.run(built.fetches, built.feeds), expected, f"inline {r}")
+            assert_bitwise(threads.run(built.fetches, built.feeds), expected, f"threads {r}")

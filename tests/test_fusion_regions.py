@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import given, note
+from test_fusion import assert_fused_bits, chain
 from test_fuzz import Built, Program, assert_bitwise, fuzz_settings, programs
 
 import dataflow as df
@@ -97,14 +98,6 @@ def test_a_region_never_swallows_a_path_that_leaves_it_and_comes_back():
 
 
 def test_bounds_short_chains_and_large_arrays_are_not_regions():
-    def chain(n_ops: int, size: int):
-        with df.Graph():
-            x = df.placeholder("x", (size,))
-            y = x
-            for k in range(n_ops):
-                y = y * 1.0001 if k % 2 else y + 0.5
-        return x, y
-
     with scheduler.Engine("inline", fuse=True) as engine:
         x, y = chain(fusion_regions.MIN_REGION_OPS - 1, 10)
         assert "fused_region" not in plan_ops(engine, [y], {x: np.zeros(10)})
@@ -150,13 +143,7 @@ def test_random_graphs_in_regions_give_the_unfused_bits(program: Program):
     saved = fusion_regions.MIN_REGION_OPS
     fusion_regions.MIN_REGION_OPS = 2  # the fuzzer's graphs are small
     try:
-        with scheduler.Engine("inline") as plain:
-            expected = plain.run(built.fetches, built.feeds)
-        with scheduler.Engine("inline", fuse=True) as inline, \
-                scheduler.Engine("threads", workers=2, fuse=True) as threads:
-            for r in range(2):
-                assert_bitwise(inline.run(built.fetches, built.feeds), expected, f"inline {r}")
-                assert_bitwise(threads.run(built.fetches, built.feeds), expected, f"threads {r}")
+        assert_fused_bits(built)
     finally:
         fusion_regions.MIN_REGION_OPS = saved
 
