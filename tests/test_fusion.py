@@ -153,6 +153,7 @@ def test_a_cheap_value_used_by_several_kernels_is_computed_in_each():
 
 
 def test_small_or_unknown_shapes_and_other_dtypes_are_not_fused():
+    # (small arrays form regions instead: see test_fusion_regions.py)
     x, y = chain(10, size=100)
     with scheduler.Engine("inline", fuse=True) as engine:
         assert fused_ops(engine, [y], {x: np.zeros(100)}) == []
