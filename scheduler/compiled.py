@@ -4,7 +4,7 @@ The plain walk (``engine._walk``) pays, per task, for a loop iteration, a tuple 
 indexing a value table for each argument and storing the result back. A plan that is
 run many times (a training step, a service call) can skip all of that: it is compiled
 once into the source of a function, one line per task in the plan's order, whose
-values are local variables (``v12 = k12(v3, v7)``), each dropped with ``del`` right
+values are local variables (``v12 = k3(v3, v7)``), each dropped with ``del`` right
 after its last consumer, exactly where the walk drops it, and whose kernels and
 literals are globals of the generated module. This is what TensorFlow's
 ``make_callable`` and PyTensor's VM do for their graphs.
@@ -135,8 +135,14 @@ def compile_plan(plan: Any) -> CompiledPlan | None:
             src.append(f"        v{p} = table[{p}]")
     src.append("    try:")
     lines: dict[int, int] = {}
+    # One global per distinct kernel (a 6000-task chain of sin, multiply and add calls
+    # three): a small globals table stays in the CPU's caches between runs.
+    kernel_names: dict[int, str] = {}
     for p, kernel, args, dies, donor in plan.steps:
-        glob[f"k{p}"] = kernel
+        k = kernel_names.get(id(kernel))
+        if k is None:
+            k = kernel_names[id(kernel)] = f"k{len(kernel_names)}"
+            glob[k] = kernel
         argnames = ", ".join(name[a] for a in args)
         if donor >= 0:
             # The donor's variable goes before the call, so that the argument list is
@@ -144,11 +150,11 @@ def compile_plan(plan: Any) -> CompiledPlan | None:
             src.append(f"        _a = [{argnames}]")
             src.append(f"        del {name[donor]}")
             lines[len(src) + 1] = p
-            src.append(f"        v{p} = _reuse(k{p}, _a, {args.index(donor)})")
+            src.append(f"        v{p} = _reuse({k}, _a, {args.index(donor)})")
             src.append("        del _a")
         else:
             lines[len(src) + 1] = p
-            src.append(f"        v{p} = k{p}({argnames})")
+            src.append(f"        v{p} = {k}({argnames})")
         dead = [name[d] for d in dies if d != donor and not name[d].startswith("L")]
         if dead:
             src.append(f"        del {', '.join(dead)}")
