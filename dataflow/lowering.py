@@ -63,11 +63,15 @@ def cost_hint(node: Node) -> float | None:
     return SECONDS_PER_CALL + flops / op.flops_per_second + nbytes * SECONDS_PER_BYTE
 
 
+_PYTHON_SCALARS = (float, int, bool)
+
+
 def feed_check(node: Node) -> Any:
     """The check of a value fed to ``node``: ``convert_feed``'s one rule, for
     placeholders and fed computed nodes alike (the kernels after a computed node count
     on its static shape and dtype as much as those after a placeholder do)."""
     shape, dtype = node.shape, node.dtype  # a shape with unknown dims never matches below
+    scalar = shape == ()
 
     def check_feed(value: Any) -> Any:
         # The common feed, an array of exactly the declared shape and dtype, passes in
@@ -75,6 +79,12 @@ def feed_check(node: Node) -> Any:
         # node gets this check, so the message is only built when it is needed.
         if type(value) is np.ndarray and value.dtype == dtype and value.shape == shape:
             return value
+        if scalar and type(value) in _PYTHON_SCALARS:
+            # A Python number fed to a 0-d node (``{x: 1.0}``): the array numpy makes of
+            # it, when that has the node's dtype, is what ``convert_feed`` would return.
+            array = np.asarray(value)
+            if array.dtype == dtype:
+                return array
         kind = "placeholder" if isinstance(node.op, Placeholder) else "node"
         return convert_feed(f"{kind} {node.name!r}", value, shape, dtype)
 

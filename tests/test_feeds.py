@@ -165,3 +165,27 @@ def test_a_constant_of_a_given_dtype_follows_the_same_rule():
             df.constant(np.array([1e300]), dtype=np.float32)
         with pytest.raises(TypeError, match="constant 'f' has dtype float64, expected int64"):
             df.constant(1.5, name="f", dtype=np.int64)
+
+
+@pytest.mark.parametrize("value", [1.5, 3, True, -0.0, 2**70, 1e300])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int64", "bool"])
+def test_python_numbers_fed_to_a_0d_node_follow_the_one_rule(value, dtype):
+    """Python numbers take a short path into 0-d nodes of their own numpy dtype; every
+    run (including compiled fast runs) gives what ``convert_feed`` gives, or its error."""
+    from dataflow.ops.core import convert_feed
+
+    with df.Graph():
+        x = df.placeholder("x", (), dtype)
+        y = df.where(df.constant(True), x, x)  # the fed value itself, through a node
+    try:
+        expected = convert_feed("placeholder 'x'", value, (), np.dtype(dtype))
+    except (TypeError, ValueError) as exc:
+        with scheduler.Engine("inline") as engine:
+            for _ in range(3):
+                with pytest.raises(FeedError, match=re.escape(str(exc))):
+                    engine.run(y, {x: value})
+        return
+    with scheduler.Engine("inline") as engine:
+        for _ in range(3):  # the third run is a compiled plan's fast path
+            got = engine.run(y, {x: value})
+            assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
