@@ -15,8 +15,10 @@ cheap), two passes do the same job at a third of the cost:
 2. :func:`walk`: the tasks in that order, each value dropped right after its last
    consumer unless it is wanted, so memory stays as low as in the plan's walk.
 
-The order is the one ``Plan`` would choose (the same post-order), so results, and the
-order in which kernels are called, are the same on both paths.
+The order is the one ``Plan`` would choose without its memory-aware layout (the same
+post-order), so results, and the order in which kernels are called, are the same on
+both paths of the ``inline`` executor. A pooled engine lays out the plans of its pooled
+calls memory-aware, which keeps the results and changes only the order.
 """
 
 from __future__ import annotations

@@ -608,7 +608,11 @@ class Engine:
             # task objects cost more to read than the rest of the plan).
             scanned = direct.specs
             spec_of = lambda key: scanned.get(key) or source.spec(key)  # noqa: E731
-        plan = Plan(wanted, list(feeds), spec_of)
+        # A pool runs ready tasks by plan position: the memory-aware layout lets a
+        # value's consumers follow it (dask's ``order.py`` does the same), where the
+        # plain post-order would finish one fetch's whole subgraph before the next
+        # touches values they share, keeping all of them alive meanwhile.
+        plan = Plan(wanted, list(feeds), spec_of, memory_order=self.kind != "inline")
         plan.workers = self.workers
         if self.kind != "inline":  # the inline executor never consults estimates
             plan.seed_estimates(self._costs, self.inline_threshold)

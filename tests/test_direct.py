@@ -120,6 +120,30 @@ def test_values_are_freed_after_their_last_consumer():
     assert high[0] <= 12
 
 
+def zero(value):
+    return 0
+
+
+def test_a_pooled_get_runs_a_values_consumers_before_making_more_values():
+    # Each source feeds one task of each of two fetches (dask's ``x.mean(axis=0),
+    # x.std(axis=1)``): the depth-first order would make every source for the first
+    # fetch before the second reads any, so all of them would be alive at once.
+    grow, high = blob_kernel()
+    n = 16
+    tasks: dict = {}
+    for i in range(n):
+        tasks[f"s{i}"] = (grow,)
+        tasks[f"a{i}"] = (zero, f"s{i}")
+        tasks[f"b{i}"] = (zero, f"s{i}")
+    tasks["A"] = (sum, [f"a{i}" for i in range(n)])
+    tasks["B"] = (sum, [f"b{i}" for i in range(n)])
+    # One worker, of unknown tasks (the first call): every task goes through the pool in
+    # the plan's priority order.
+    with scheduler.Engine("threads", workers=1) as engine:
+        assert engine.get(tasks, ["A", "B"]) == (0, 0)
+    assert high[0] <= 4
+
+
 def test_node_error_names_the_task_and_its_op():
     def boom(v):
         raise ValueError("bad value")
