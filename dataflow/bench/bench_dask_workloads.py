@@ -97,10 +97,18 @@ def graph_of(collection: Any) -> tuple[dict, list]:
     return dict(expr.__dask_graph__()), list(flatten(expr.__dask_keys__()))
 
 
-def timed_pair(dsk: dict, keys: list, workers: int, reps: int, warmup: int
-               ) -> tuple[float, float]:
+#: seconds of rounds (one call of each scheduler) a workload is timed for, at least:
+#: a median of a few rounds moves by several percent with this machine's load, and the
+#: two schedulers are within a few percent of each other on most workloads
+ROUNDS_SECONDS = 25.0
+MAX_REPS = 41
+
+
+def timed_pair(dsk: dict, keys: list, workers: int, reps: int, warmup: int,
+               budget: float = 0.0) -> tuple[float, float]:
     """Median seconds of ``scheduler.get`` and of ``dask.threaded.get`` on ``dsk``,
-    ``workers`` threads each, measured round-robin."""
+    ``workers`` threads each, measured round-robin: ``reps`` rounds, or more (up to
+    ``MAX_REPS``) where the rounds take less than ``budget`` seconds in all."""
     import dask.threaded
     from dask.base import tokenize
 
@@ -111,13 +119,17 @@ def timed_pair(dsk: dict, keys: list, workers: int, reps: int, warmup: int
     ours: Callable[[], Any] = lambda: scheduler.get(dsk, keys, num_workers=workers)  # noqa: E731
     theirs: Callable[[], Any] = lambda: dask.threaded.get(dsk, keys, num_workers=workers)  # noqa: E731
     # The same values, bit for bit (tokenize hashes array and frame contents), or no row.
+    start = time.perf_counter()
     if tokenize(ours()) != tokenize(theirs()):
         raise AssertionError("scheduler.get and dask.threaded.get computed different values")
+    one_round = time.perf_counter() - start
+    reps = max(reps, min(MAX_REPS, int(budget / max(one_round, 1e-6))))
     t_ours, t_dask = interleaved([ours, theirs], reps=reps, warmup=warmup)
     return t_ours, t_dask
 
 
-def dask_workloads(scale: int = 1, reps: int = 7, warmup: int = 1) -> list:
+def dask_workloads(scale: int = 1, reps: int = 7, warmup: int = 1,
+                   budget: float = ROUNDS_SECONDS) -> list:
     """The section's rows: per workload, ``scheduler.get`` against ``dask.threaded.get``."""
     import scheduler.executors
 
@@ -127,7 +139,7 @@ def dask_workloads(scale: int = 1, reps: int = 7, warmup: int = 1) -> list:
     rows = []
     for name, collection in workloads(scale):
         dsk, keys = graph_of(collection)
-        t_ours, t_dask = timed_pair(dsk, keys, workers, reps, warmup)
+        t_ours, t_dask = timed_pair(dsk, keys, workers, reps, warmup, budget)
         rows.append(Row(f"dask: {name}", f"scheduler.get({workers})", t_ours * 1e3,
                         f"dask.threaded.get({workers})", t_dask * 1e3, "ms", "<= 1.0",
                         t_ours <= t_dask))
@@ -145,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .suite import format_table
 
-    rows = dask_workloads(scale=10, reps=3, warmup=1) if quick else dask_workloads()
+    rows = dask_workloads(scale=10, reps=3, warmup=1, budget=0.0) if quick else \
+        dask_workloads()
     print(f"machine: {platform.machine()}, {scheduler.executors.default_workers()} cores, "
           f"Python {platform.python_version()}, dask {dask.__version__}"
           f"{' (--quick: sizes / 10, a smoke run)' if quick else ''}")
