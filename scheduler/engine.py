@@ -157,7 +157,9 @@ class Engine:
         ``workers x intra_op_threads <= cores`` (see ``blas.py``).
     fuse : bool, default False
         Also let the fetched objects fuse elementwise work into single compiled kernels
-        when a plan is compiled (for dataflow nodes, ``dataflow.fusion``).
+        when a plan is compiled (for dataflow nodes, ``dataflow.fusion``: kernels over
+        large arrays, and whole regions of small-array ops as one call; compiled by
+        numba, whose machine code is kept in a cache folder across processes).
 
     Raises
     ------
