@@ -380,14 +380,15 @@ def _rebuild(order: list[Node], fetch_keys: Sequence[Node], fed_keys: Sequence[N
     heapq.heapify(ready)
     images: dict[int, Node] = {}
     origin: dict[Node, Node] = {}
+    taken: set[str] = set()
     while ready:
         _, u = heapq.heappop(ready)
         if u >= len(order):
             region = regions[u - len(order)]
             op = _region_op(region)
             node = new._add(op, tuple(images[i.id] for i in region.inputs), op.shape,
-                            op.dtype, None if len(region.outputs) > 1
-                            else region.outputs[0].name)
+                            op.dtype, region.outputs[0].name if len(region.outputs) == 1
+                            else _region_name(graph, region, taken))
             if len(region.outputs) == 1:
                 images[region.outputs[0].id] = node
                 origin[node] = region.outputs[0]
@@ -408,3 +409,16 @@ def _rebuild(order: list[Node], fetch_keys: Sequence[Node], fed_keys: Sequence[N
                 heapq.heappush(ready, (first[v], v))
     return ([images[k.id] for k in fetch_keys],
             [images[k.id] for k in fed_keys if k.id in images], origin)
+
+
+def _region_name(graph: Graph, region: _Region, taken: set[str]) -> str:
+    """The name of a region of several outputs: after its outputs, so that errors and
+    profiles say what it computes, and no name of ``graph`` (whose nodes keep theirs in
+    the new graph) or of another region."""
+    base = f"fused_region[{','.join(m.name for m in region.outputs)}]"
+    name, k = base, 0
+    while name in taken or graph.get(name) is not None:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name

@@ -187,3 +187,58 @@ def test_an_unwritable_cache_folder_compiles_in_memory(tmp_path):
     env = {**os.environ, "DATAFLOW_CACHE_DIR": str(blocker / "sub")}
     home = {**os.environ, "DATAFLOW_CACHE_DIR": str(tmp_path / "ok")}
     assert run_script(env) == run_script(home)
+
+
+def two_output_region(extra_name: str | None = None):
+    """A region of 16 ops with two outputs (``a`` is read by a sum outside it)."""
+    with df.Graph():
+        x = df.placeholder("x", (4,))
+        a = x
+        for _ in range(4):
+            a = a * 1.5 + 0.25
+        b = a
+        for _ in range(4):
+            b = b * 0.5 - 1.0
+        s = df.sum(a, name=extra_name)
+        out = b * s
+    return x, a, b, out
+
+
+def test_a_region_of_several_outputs_takes_no_name_of_the_graph():
+    """The region node is added before the nodes after it are copied with their own
+    names: a name it made up must not be one of theirs."""
+    x, a, _, out = two_output_region(extra_name="fused_region")
+    feeds = {x: np.arange(4.0)}
+    with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
+        assert "fused_region" in plan_ops(engine, [out, a], feeds)
+        assert_bitwise(engine.run([out, a], feeds), plain.run([out, a], feeds), "named")
+
+
+def test_a_failing_region_names_the_nodes_it_computes(monkeypatch):
+    x, a, b, out = two_output_region()
+
+    def broken(self, *values):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(fusion_regions.RegionKernel, "__call__", broken)
+    with scheduler.Engine("inline", fuse=True) as engine:
+        with pytest.raises(Exception, match="kernel failed") as info:
+            engine.run(out, {x: np.arange(4.0)})
+    said = " ".join([str(info.value), *getattr(info.value, "__notes__", [])])
+    assert a.name in said and b.name in said, said
+
+
+def test_a_damaged_cache_source_is_written_again(tmp_path, monkeypatch):
+    from dataflow import kernel_cache
+
+    monkeypatch.setenv("DATAFLOW_CACHE_DIR", str(tmp_path))
+    source = "def region(i0, o0):\n    o0[0] = i0 * 3.0\n"
+    function, in_file = kernel_cache.load_function(source, "region", {})
+    path = Path(function.__code__.co_filename)
+    assert in_file and path.parent == tmp_path / "kernels"
+    for damage in (b"\xff\xfe not text", b"def region(i0, o0):\n    o0[0] = i0\n"):
+        path.write_bytes(damage)
+        function, in_file = kernel_cache.load_function(source, "region", {})
+        out = np.zeros(1)
+        function(2.0, out)
+        assert in_file and out[0] == 6.0
