@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,59 @@ def test_a_damaged_cache_source_is_written_again(tmp_path, monkeypatch):
         out = np.zeros(1)
         function(2.0, out)
         assert in_file and out[0] == 6.0
+
+
+def _edge_graph(case: str):
+    """Small graphs at the edges of what regions compute: ``(fetches, feeds)``."""
+    with df.Graph():
+        if case == "0-d":
+            x = df.placeholder("x", ())
+            a = steps(x, 8)
+            return [steps(a, 8), a], {x: np.array(0.3)}
+        if case == "float32":
+            x = df.placeholder("x", (3,), "float32")
+            y = steps(x, 8, 1.1, 0.1)
+            z = df.where(x > 0, y, -y) / df.constant(np.float32(3.0))
+            return [z, y], {x: np.array([0.1, -0.2, 0.3], np.float32)}
+        if case == "specials":
+            x = df.placeholder("x", (6,))
+            y = steps(df.sqrt(df.abs(-x) - 1.0) + (1.0 / x) * -x, 8)
+            return [y], {x: np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 0.5])}
+        if case == "fed":
+            x = df.placeholder("x", (4,))
+            a = steps(x, 8)
+            f = a * 3.0
+            b = steps(f + a, 8)
+            return [b, a, b, x], {x: np.arange(4.0), f: np.full(4, 7.0)}
+        raise AssertionError(case)
+
+
+def steps(y, n: int, scale: float = 1.5, shift: float = 0.25):
+    """``n`` ops: alternately ``* scale`` and ``+ shift``."""
+    for k in range(n):
+        y = y * scale if k % 2 else y + shift
+    return y
+
+
+@pytest.mark.parametrize("case", ["0-d", "float32", "specials", "fed"])
+def test_regions_at_the_edges_give_the_unfused_values_types_and_warnings(case):
+    """0-d arrays, float32 (literals, a bool condition), NaN/inf/-0.0 and division by
+    zero, a fed computed node, a node fetched twice and a fetched placeholder."""
+    fetches, feeds = _edge_graph(case)
+
+    def run(engine):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            values = engine.run(fetches, feeds)
+        return values, {w.category for w in said}
+
+    with scheduler.Engine("inline") as plain:
+        expected, expected_warnings = run(plain)
+    assert bool(expected_warnings) is (case == "specials")
+    with scheduler.Engine("inline", fuse=True) as engine:
+        assert "fused_region" in plan_ops(engine, fetches, feeds)
+        for r in range(3):  # the third run is a compiled plan's
+            got, got_warnings = run(engine)
+            assert got_warnings == expected_warnings
+            assert [type(v) for v in got] == [type(v) for v in expected]
+            assert_bitwise(got, expected, f"{case} run {r}")
