@@ -49,9 +49,14 @@ def load_function(source: str, name: str, namespace: dict[str, Any]) -> tuple[An
             # Written whole under a temporary name, then renamed: a concurrent process
             # never imports half a file.
             fd, temp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(text)
-            os.replace(temp, path)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(text)
+                os.replace(temp, path)
+            except BaseException:
+                # A full disk, a folder made read-only meanwhile: leave no partial file.
+                Path(temp).unlink(missing_ok=True)
+                raise
         spec = importlib.util.spec_from_file_location(module_name, path)
         if spec is None or spec.loader is None:
             raise OSError(f"cannot import {path}")

@@ -299,3 +299,21 @@ def test_regions_at_the_edges_give_the_unfused_values_types_and_warnings(case):
             assert got_warnings == expected_warnings
             assert [type(v) for v in got] == [type(v) for v in expected]
             assert_bitwise(got, expected, f"{case} run {r}")
+
+
+def test_a_cache_file_that_cannot_be_written_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A failed write (a full disk) compiles in memory and leaves no temporary file."""
+    from dataflow import kernel_cache
+
+    monkeypatch.setenv("DATAFLOW_CACHE_DIR", str(tmp_path))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(kernel_cache.os, "replace", full)
+    source = "def region(i0, o0):\n    o0[0] = i0 - 1.0\n"
+    function, in_file = kernel_cache.load_function(source, "region", {})
+    out = np.zeros(1)
+    function(3.0, out)
+    assert not in_file and out[0] == 2.0
+    assert list((tmp_path / "kernels").iterdir()) == []
