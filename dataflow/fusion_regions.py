@@ -14,11 +14,13 @@ elements; larger arrays get ``fusion.fuse``'s single-output kernels) that is
 *convex*: no path leaves it and comes back, so it can run as one step. Regions are
 found without search, as levels: a node's level is the most edges that cannot join a
 region on any path from a source to it (an edge joins when both ends are fusable and
-of the same shape), and a region is a connected set of joining edges within one level.
-A path out of a region and back in crosses an edge that cannot join, so it ends a
-level higher: never in the region it left. Its outputs are the members read outside
-it (fetched, or the input of another node); its inputs, what its members read from
-outside (scalar float constants enter the source as literals). A region needs
+of the same shape, and its end is no ``broadcast_to``), and a region is a connected
+set of joining edges within one level. Levels never fall along a path and an edge that
+cannot join raises them, so a path from a region back into it stays at its level over
+joining edges only: each node on it is in the region too, and no path leaves a region
+and comes back. Its outputs are the members read outside it (fetched, or the input of
+another node); its inputs, what its members read from outside (scalar float constants
+enter the source as literals). A region needs
 ``MIN_REGION_OPS`` ops to pay for its call and its compile, and at most
 ``MAX_REGION_OPS`` ops (numba's compile time grows faster than linearly: a 6000-op
 region compiles in about half a minute) and ``MAX_REGION_ARGS`` operands (numpy's
