@@ -33,7 +33,7 @@ code gives bitwise numpy's values: ``exact_functions`` checks this once per proc
 on a probe of values across each function's range, because it holds only where numpy
 calls the C library's function (as numpy does for float64 ``sin`` and ``cos`` on
 x86-64) and not where numpy has a vectorized implementation of its own. So a fused
-plan gives bitwise the unfused plan's values here too.
+plan gives bitwise the unfused plan's values here too (a NaN's sign excepted, as there).
 """
 
 from __future__ import annotations
