@@ -38,7 +38,9 @@ exception: the sign (and payload) of a NaN, which LLVM treats as unspecified (it
 functions (``exp``, ``tanh``, ...) stay numpy's: its vectorized implementations are
 several times faster than the C library's scalar ones a compiled loop would call,
 and round differently in the last bits. Floating-point errors (a division by zero)
-give the same values but no numpy warning, as in any compiled kernel.
+give the same values and numpy's warning (or error, under ``np.errstate``), which names
+the kernel (``divide by zero encountered in fused``): numpy checks the processor's
+flags after any ufunc's loop, a compiled one's too.
 """
 
 from __future__ import annotations

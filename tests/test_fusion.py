@@ -267,3 +267,17 @@ def test_kernels_give_the_sign_of_numpys_nans(size):
     x, y, feeds = negations(size, "float64")
     with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
         assert_bitwise([engine.run(y, feeds)], [plain.run(y, feeds)], f"size {size}")
+
+
+def test_a_division_by_zero_in_a_kernel_warns_as_numpy_does():
+    with df.Graph():
+        x = df.placeholder("x", (N,))
+        z = df.placeholder("z", (N,))
+        y = (x / z) * 2.0 + 1.0
+    feeds = {x: np.ones(N), z: np.zeros(N)}
+    with scheduler.Engine("inline", fuse=True) as engine:
+        assert list(fused_sources(engine, [y], feeds))
+        with pytest.warns(RuntimeWarning, match="divide by zero"):
+            engine.run(y, feeds)
+        with np.errstate(divide="raise"), pytest.raises(FloatingPointError):
+            engine.run(y, feeds)
