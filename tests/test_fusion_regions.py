@@ -362,3 +362,19 @@ def test_random_graphs_regions_are_convex_and_rebuild_in_order(program: Program)
         assert all(origin.get(k, k).shape == f.shape for k, f in zip(keys, fetches))
     finally:
         fusion_regions.MIN_REGION_OPS = saved
+
+
+def test_a_region_feeding_a_large_group_with_a_fed_node_in_both_passes():
+    """Both passes rebuild the graph: the plan still speaks in the original keys (the
+    fed computed node's feed, the region's fetched member)."""
+    with df.Graph():
+        x = df.placeholder("x", (4,))
+        big = df.placeholder("big", (70_000,))
+        a = steps(x, 8)
+        fed = big * 2.0 - 1.0  # fed: its inputs are not computed
+        y = steps(fed * df.sum(a) + big, 6)
+    feeds = {x: np.arange(4.0), big: np.linspace(0, 1, 70_000), fed: np.full(70_000, 3.0)}
+    with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
+        assert sorted(plan_ops(engine, [y, a], feeds)) == ["fused", "fused_region", "sum"]
+        for r in range(3):
+            assert_bitwise(engine.run([y, a], feeds), plain.run([y, a], feeds), f"run {r}")
