@@ -20,11 +20,11 @@ cannot join raises them, so a path from a region back into it stays at its level
 joining edges only: each node on it is in the region too, and no path leaves a region
 and comes back. Its outputs are the members read outside it (fetched, or the input of
 another node); its inputs, what its members read from outside (scalar float constants
-enter the source as literals). A region needs
-``MIN_REGION_OPS`` ops to pay for its call and its compile, and at most
-``MAX_REGION_OPS`` ops (numba's compile time grows faster than linearly: a 6000-op
-region compiles in about half a minute) and ``MAX_REGION_ARGS`` operands (numpy's
-ufuncs take a bounded number); a region outside these bounds stays unfused.
+enter the source as literals). A region needs ``MIN_REGION_OPS`` ops to pay for its
+call and its compile, and at most ``MAX_REGION_OPS`` ops (numba's compile time grows
+faster than linearly: a 6000-op region compiles in about half a minute) and
+``MAX_REGION_ARGS`` operands (numpy's ufuncs take a bounded number); a region outside
+these bounds stays unfused.
 
 Fusable: ``fusion.TEMPLATES``'s ops, which IEEE arithmetic rounds exactly (numba
 compiles without fast-math, so nothing is reassociated or contracted), and the
@@ -417,7 +417,10 @@ def _region_name(graph: Graph, region: _Region, taken: set[str]) -> str:
     """The name of a region of several outputs: after its outputs, so that errors and
     profiles say what it computes, and no name of ``graph`` (whose nodes keep theirs in
     the new graph) or of another region."""
-    base = f"fused_region[{','.join(m.name for m in region.outputs)}]"
+    names = [m.name for m in region.outputs[:4]]
+    if len(region.outputs) > 4:
+        names.append(f"+{len(region.outputs) - 4}")  # a name short enough to read
+    base = f"fused_region[{','.join(names)}]"
     name, k = base, 0
     while name in taken or graph.get(name) is not None:
         k += 1
