@@ -31,11 +31,16 @@ result keeps its shape) on float32 or float64 values whose inputs have the node'
 (``where``'s condition: bool), so the loop computes in the dtype numpy would. These
 are all exactly rounded in IEEE arithmetic (numba compiles without fast-math, so
 nothing is reassociated or contracted into fused multiply-adds), so a fused plan gives
-bitwise the unfused plan's values, on every executor and every run. Transcendental
+bitwise the unfused plan's values, on every executor and every run, with one
+exception: the sign (and payload) of a NaN, which LLVM treats as unspecified (it folds
+``-x + y`` into ``y - x``, which keeps the sign of a NaN ``x`` that numpy's
+``negative`` flips); a NaN stays a NaN, at the same places. Transcendental
 functions (``exp``, ``tanh``, ...) stay numpy's: its vectorized implementations are
 several times faster than the C library's scalar ones a compiled loop would call,
 and round differently in the last bits. Floating-point errors (a division by zero)
-give the same values but no numpy warning, as in any compiled kernel.
+give the same values and numpy's warning (or error, under ``np.errstate``), which names
+the kernel (``divide by zero encountered in fused``): numpy checks the processor's
+flags after any ufunc's loop, a compiled one's too.
 """
 
 from __future__ import annotations

@@ -14,15 +14,17 @@ elements; larger arrays get ``fusion.fuse``'s single-output kernels) that is
 *convex*: no path leaves it and comes back, so it can run as one step. Regions are
 found without search, as levels: a node's level is the most edges that cannot join a
 region on any path from a source to it (an edge joins when both ends are fusable and
-of the same shape), and a region is a connected set of joining edges within one level.
-A path out of a region and back in crosses an edge that cannot join, so it ends a
-level higher: never in the region it left. Its outputs are the members read outside
-it (fetched, or the input of another node); its inputs, what its members read from
-outside (scalar float constants enter the source as literals). A region needs
-``MIN_REGION_OPS`` ops to pay for its call and its compile, and at most
-``MAX_REGION_OPS`` ops (numba's compile time grows faster than linearly: a 6000-op
-region compiles in about half a minute) and ``MAX_REGION_ARGS`` operands (numpy's
-ufuncs take a bounded number); a region outside these bounds stays unfused.
+of the same shape, and its end is no ``broadcast_to``), and a region is a connected
+set of joining edges within one level. Levels never fall along a path and an edge that
+cannot join raises them, so a path from a region back into it stays at its level over
+joining edges only: each node on it is in the region too, and no path leaves a region
+and comes back. Its outputs are the members read outside it (fetched, or the input of
+another node); its inputs, what its members read from outside (scalar float constants
+enter the source as literals). A region needs ``MIN_REGION_OPS`` ops to pay for its
+call and its compile, and at most ``MAX_REGION_OPS`` ops (numba's compile time grows
+faster than linearly: a 6000-op region compiles in about half a minute) and
+``MAX_REGION_ARGS`` operands (numpy's ufuncs take a bounded number); a region outside
+these bounds stays unfused.
 
 Fusable: ``fusion.TEMPLATES``'s ops, which IEEE arithmetic rounds exactly (numba
 compiles without fast-math, so nothing is reassociated or contracted), and the
@@ -31,7 +33,7 @@ code gives bitwise numpy's values: ``exact_functions`` checks this once per proc
 on a probe of values across each function's range, because it holds only where numpy
 calls the C library's function (as numpy does for float64 ``sin`` and ``cos`` on
 x86-64) and not where numpy has a vectorized implementation of its own. So a fused
-plan gives bitwise the unfused plan's values here too.
+plan gives bitwise the unfused plan's values here too (a NaN's sign excepted, as there).
 """
 
 from __future__ import annotations
@@ -380,14 +382,15 @@ def _rebuild(order: list[Node], fetch_keys: Sequence[Node], fed_keys: Sequence[N
     heapq.heapify(ready)
     images: dict[int, Node] = {}
     origin: dict[Node, Node] = {}
+    taken: set[str] = set()
     while ready:
         _, u = heapq.heappop(ready)
         if u >= len(order):
             region = regions[u - len(order)]
             op = _region_op(region)
             node = new._add(op, tuple(images[i.id] for i in region.inputs), op.shape,
-                            op.dtype, None if len(region.outputs) > 1
-                            else region.outputs[0].name)
+                            op.dtype, region.outputs[0].name if len(region.outputs) == 1
+                            else _region_name(graph, region, taken))
             if len(region.outputs) == 1:
                 images[region.outputs[0].id] = node
                 origin[node] = region.outputs[0]
@@ -408,3 +411,19 @@ def _rebuild(order: list[Node], fetch_keys: Sequence[Node], fed_keys: Sequence[N
                 heapq.heappush(ready, (first[v], v))
     return ([images[k.id] for k in fetch_keys],
             [images[k.id] for k in fed_keys if k.id in images], origin)
+
+
+def _region_name(graph: Graph, region: _Region, taken: set[str]) -> str:
+    """The name of a region of several outputs: after its outputs, so that errors and
+    profiles say what it computes, and no name of ``graph`` (whose nodes keep theirs in
+    the new graph) or of another region."""
+    names = [m.name for m in region.outputs[:4]]
+    if len(region.outputs) > 4:
+        names.append(f"+{len(region.outputs) - 4}")  # a name short enough to read
+    base = f"fused_region[{','.join(names)}]"
+    name, k = base, 0
+    while name in taken or graph.get(name) is not None:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name

@@ -223,3 +223,61 @@ def assert_fused_bits(built: Built) -> None:
         for r in range(2):
             assert_bitwise(inline.run(built.fetches, built.feeds), expected, f"inline {r}")
             assert_bitwise(threads.run(built.fetches, built.feeds), expected, f"threads {r}")
+
+
+def nans(size: int, dtype: str) -> np.ndarray:
+    """NaNs of both signs and another payload, and the values whose negation is exact."""
+    values = np.resize(np.array([np.nan, -np.nan, np.nan, 0.0, -0.0, np.inf, -1.5],
+                                dtype), size)
+    bits = values.view(np.uint64 if dtype == "float64" else np.uint32)
+    bits[2::7] |= 0xABC  # a NaN payload of its own
+    return values
+
+
+def negations(size: int, dtype: str):
+    """Five negations, each added to a zero (ten ops: a region when the arrays are
+    small), and feeds with NaNs of both signs."""
+    with df.Graph():
+        x = df.placeholder("x", (size,), dtype)
+        zero = df.placeholder("zero", (), dtype)  # not a constant: nothing simplifies
+        y = x
+        for _ in range(5):
+            y = -y + zero
+    return x, y, {x: nans(size, dtype), zero: np.zeros((), dtype)}
+
+
+@pytest.mark.parametrize("size", [7, N])  # a region on small arrays, a group on large
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_kernels_give_numpys_nans_where_numpy_does_and_its_bits_elsewhere(size, dtype):
+    x, y, feeds = negations(size, dtype)
+    with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
+        plan = engine.plan([y], feeds)
+        assert [plan.ops[p] for p in plan.compute] == \
+            ["fused_region" if size < fusion.MIN_SIZE else "fused"]
+        got, expected = engine.run(y, feeds), plain.run(y, feeds)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(got), nan)
+    assert got.dtype == expected.dtype and got[~nan].tobytes() == expected[~nan].tobytes()
+
+
+@pytest.mark.xfail(strict=True, reason="a NaN's sign is unspecified in LLVM, which folds "
+                   "-x + z into z - x: numpy's negative flips a NaN's sign, the kernel not")
+@pytest.mark.parametrize("size", [7, N])
+def test_kernels_give_the_sign_of_numpys_nans(size):
+    x, y, feeds = negations(size, "float64")
+    with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
+        assert_bitwise([engine.run(y, feeds)], [plain.run(y, feeds)], f"size {size}")
+
+
+def test_a_division_by_zero_in_a_kernel_warns_as_numpy_does():
+    with df.Graph():
+        x = df.placeholder("x", (N,))
+        z = df.placeholder("z", (N,))
+        y = (x / z) * 2.0 + 1.0
+    feeds = {x: np.ones(N), z: np.zeros(N)}
+    with scheduler.Engine("inline", fuse=True) as engine:
+        assert list(fused_sources(engine, [y], feeds))
+        with pytest.warns(RuntimeWarning, match="divide by zero"):
+            engine.run(y, feeds)
+        with np.errstate(divide="raise"), pytest.raises(FloatingPointError):
+            engine.run(y, feeds)

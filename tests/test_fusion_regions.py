@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ import dataflow as df
 import scheduler
 from dataflow import fusion_regions
 from dataflow.bench import workloads as w
+from dataflow.graph import ancestors
+from dataflow.ops.core import Placeholder
 
 pytest.importorskip("numba")
 
@@ -187,3 +190,191 @@ def test_an_unwritable_cache_folder_compiles_in_memory(tmp_path):
     env = {**os.environ, "DATAFLOW_CACHE_DIR": str(blocker / "sub")}
     home = {**os.environ, "DATAFLOW_CACHE_DIR": str(tmp_path / "ok")}
     assert run_script(env) == run_script(home)
+
+
+def two_output_region(extra_name: str | None = None):
+    """A region of 16 ops with two outputs (``a`` is read by a sum outside it)."""
+    with df.Graph():
+        x = df.placeholder("x", (4,))
+        a = x
+        for _ in range(4):
+            a = a * 1.5 + 0.25
+        b = a
+        for _ in range(4):
+            b = b * 0.5 - 1.0
+        s = df.sum(a, name=extra_name)
+        out = b * s
+    return x, a, b, out
+
+
+def test_a_region_of_several_outputs_takes_no_name_of_the_graph():
+    """The region node is added before the nodes after it are copied with their own
+    names: a name it made up must not be one of theirs."""
+    x, a, _, out = two_output_region(extra_name="fused_region")
+    feeds = {x: np.arange(4.0)}
+    with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
+        assert "fused_region" in plan_ops(engine, [out, a], feeds)
+        assert_bitwise(engine.run([out, a], feeds), plain.run([out, a], feeds), "named")
+
+
+def test_a_failing_region_names_the_nodes_it_computes(monkeypatch):
+    x, a, b, out = two_output_region()
+
+    def broken(self, *values):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(fusion_regions.RegionKernel, "__call__", broken)
+    with scheduler.Engine("inline", fuse=True) as engine:
+        with pytest.raises(Exception, match="kernel failed") as info:
+            engine.run(out, {x: np.arange(4.0)})
+    said = " ".join([str(info.value), *getattr(info.value, "__notes__", [])])
+    assert a.name in said and b.name in said, said
+
+
+def test_a_damaged_cache_source_is_written_again(tmp_path, monkeypatch):
+    from dataflow import kernel_cache
+
+    monkeypatch.setenv("DATAFLOW_CACHE_DIR", str(tmp_path))
+    source = "def region(i0, o0):\n    o0[0] = i0 * 3.0\n"
+    function, in_file = kernel_cache.load_function(source, "region", {})
+    path = Path(function.__code__.co_filename)
+    assert in_file and path.parent == tmp_path / "kernels"
+    for damage in (b"\xff\xfe not text", b"def region(i0, o0):\n    o0[0] = i0\n"):
+        path.write_bytes(damage)
+        function, in_file = kernel_cache.load_function(source, "region", {})
+        out = np.zeros(1)
+        function(2.0, out)
+        assert in_file and out[0] == 6.0
+
+
+def _edge_graph(case: str):
+    """Small graphs at the edges of what regions compute: ``(fetches, feeds)``."""
+    with df.Graph():
+        if case == "0-d":
+            x = df.placeholder("x", ())
+            a = steps(x, 8)
+            return [steps(a, 8), a], {x: np.array(0.3)}
+        if case == "float32":
+            x = df.placeholder("x", (3,), "float32")
+            y = steps(x, 8, 1.1, 0.1)
+            z = df.where(x > 0, y, -y) / df.constant(np.float32(3.0))
+            return [z, y], {x: np.array([0.1, -0.2, 0.3], np.float32)}
+        if case == "specials":
+            x = df.placeholder("x", (6,))
+            y = steps(df.sqrt(df.abs(-x) - 1.0) + (1.0 / x) * -x, 8)
+            return [y], {x: np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 0.5])}
+        if case == "fed":
+            x = df.placeholder("x", (4,))
+            a = steps(x, 8)
+            f = a * 3.0
+            b = steps(f + a, 8)
+            return [b, a, b, x], {x: np.arange(4.0), f: np.full(4, 7.0)}
+        raise AssertionError(case)
+
+
+def steps(y, n: int, scale: float = 1.5, shift: float = 0.25):
+    """``n`` ops: alternately ``* scale`` and ``+ shift``."""
+    for k in range(n):
+        y = y * scale if k % 2 else y + shift
+    return y
+
+
+@pytest.mark.parametrize("case", ["0-d", "float32", "specials", "fed"])
+def test_regions_at_the_edges_give_the_unfused_values_types_and_warnings(case):
+    """0-d arrays, float32 (literals, a bool condition), NaN/inf/-0.0 and division by
+    zero, a fed computed node, a node fetched twice and a fetched placeholder."""
+    fetches, feeds = _edge_graph(case)
+
+    def run(engine):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            values = engine.run(fetches, feeds)
+        return values, {w.category for w in said}
+
+    with scheduler.Engine("inline") as plain:
+        expected, expected_warnings = run(plain)
+    assert bool(expected_warnings) is (case == "specials")
+    with scheduler.Engine("inline", fuse=True) as engine:
+        assert "fused_region" in plan_ops(engine, fetches, feeds)
+        for r in range(3):  # the third run is a compiled plan's
+            got, got_warnings = run(engine)
+            assert got_warnings == expected_warnings
+            assert [type(v) for v in got] == [type(v) for v in expected]
+            assert_bitwise(got, expected, f"{case} run {r}")
+
+
+def test_a_cache_file_that_cannot_be_written_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A failed write (a full disk) compiles in memory and leaves no temporary file."""
+    from dataflow import kernel_cache
+
+    monkeypatch.setenv("DATAFLOW_CACHE_DIR", str(tmp_path))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(kernel_cache.os, "replace", full)
+    source = "def region(i0, o0):\n    o0[0] = i0 - 1.0\n"
+    function, in_file = kernel_cache.load_function(source, "region", {})
+    out = np.zeros(1)
+    function(3.0, out)
+    assert not in_file and out[0] == 2.0
+    assert list((tmp_path / "kernels").iterdir()) == []
+
+
+@fuzz_settings(quick=40, stress=1000)
+@given(program=programs(max_nodes=25))
+def test_random_graphs_regions_are_convex_and_rebuild_in_order(program: Program):
+    """No path leaves a region and comes back (the level argument of the module
+    docstring), and the rebuilt graph has every region after all its inputs; checked
+    on the regions themselves, without compiling them."""
+    note(repr(program))
+    built = Built(program)
+    fetches, fed = list(dict.fromkeys(built.fetches)), list(built.feeds)
+    fed_ids = {k.id for k in fed}
+    order = ancestors(fetches, cut=fed_ids)
+    cut = {n.id for n in order if n.id in fed_ids or isinstance(n.op, Placeholder)}
+    exact = fusion_regions.exact_functions()
+    candidate = {n.id for n in order
+                 if n.id not in cut and fusion_regions._region_candidate(n, exact)}
+    consumers: dict[int, list] = {}
+    for n in order:
+        for i in () if n.id in cut else n.inputs:
+            consumers.setdefault(i.id, []).append(n)
+    saved = fusion_regions.MIN_REGION_OPS
+    fusion_regions.MIN_REGION_OPS = 1
+    try:
+        regions = fusion_regions._regions(order, cut, candidate, {k.id for k in fetches})
+        for region in regions:
+            inside = {m.id for m in region.members}
+            assert len({m.shape for m in region.members}) == 1
+            stack = [c for m in region.members for c in consumers.get(m.id, ())
+                     if c.id not in inside]
+            seen: set[int] = set()
+            while stack:
+                n = stack.pop()
+                assert n.id not in inside, f"a path leaves a region and comes back at {n}"
+                if n.id not in seen:
+                    seen.add(n.id)
+                    stack.extend(consumers.get(n.id, ()))
+        # A cycle between units would leave a fetch without an image (a KeyError).
+        keys, _, origin = fusion_regions.fuse_regions(fetches, fed)
+        assert len(keys) == len(fetches)
+        assert all(origin.get(k, k).shape == f.shape for k, f in zip(keys, fetches))
+    finally:
+        fusion_regions.MIN_REGION_OPS = saved
+
+
+def test_a_region_feeding_a_large_group_with_a_fed_node_in_both_passes():
+    """Both passes rebuild the graph: the plan still speaks in the original keys (the
+    fed computed node's feed, the region's fetched member)."""
+    with df.Graph():
+        x = df.placeholder("x", (4,))
+        big = df.placeholder("big", (70_000,))
+        a = steps(x, 8)
+        fed = big * 2.0 - 1.0  # fed: its inputs are not computed
+        y = steps(fed * df.sum(a) + big, 6)
+    feeds = {x: np.arange(4.0), big: np.linspace(0, 1, 70_000), fed: np.full(70_000, 3.0)}
+    with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
+        assert sorted(plan_ops(engine, [y, a], feeds)) == ["fused", "fused_region", "sum"]
+        for r in range(3):
+            assert_bitwise(engine.run([y, a], feeds), plain.run([y, a], feeds), f"run {r}")
