@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import heapq
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -145,8 +146,24 @@ class RegionKernel:
     def __call__(self, *values: Any) -> Any:
         ufunc = self._ufunc
         if ufunc is None:
+            self._check_functions()
             ufunc = self._ufunc = _compiled_region(self.source, self.signature, self.layout)
         return ufunc(*values)
+
+    def _check_functions(self) -> None:
+        """Refuse to compile, in a process (a pool's worker, a cluster's) whose numba
+        and numpy disagree on a transcendental function the region calls: the plan's
+        process found them equal, but this one's libraries may differ."""
+        calls = [(op, call) for op, call in TRANSCENDENTAL.items() if f"{call}(" in self.source]
+        if not calls:
+            return
+        exact = exact_functions()
+        wrong = [call for op, call in calls if op not in exact]
+        if wrong:
+            raise RuntimeError(
+                f"a fused region calls {', '.join(wrong)}, whose compiled form does not give "
+                f"numpy's bits in this process (pid {os.getpid()}); run this plan with "
+                "fuse=False here, or with the same numpy and C library as the caller")
 
     def __reduce__(self) -> Any:
         return RegionKernel, (self.source, self.signature, self.layout)

@@ -378,3 +378,16 @@ def test_a_region_feeding_a_large_group_with_a_fed_node_in_both_passes():
         assert sorted(plan_ops(engine, [y, a], feeds)) == ["fused", "fused_region", "sum"]
         for r in range(3):
             assert_bitwise(engine.run([y, a], feeds), plain.run([y, a], feeds), f"run {r}")
+
+
+def test_a_region_refuses_to_compile_where_its_functions_are_not_numpys(monkeypatch):
+    """A worker process whose libraries disagree with numpy on ``sin`` (simulated) gets
+    a clear error rather than other bits; arithmetic-only regions still compile."""
+    source = "def region(i0, o0):\n    t0 = math.sin(i0)\n    o0[0] = t0 * 2.0\n"
+    kernel = fusion_regions.RegionKernel(source, "void(float64, float64[:])", "()->()")
+    plain = fusion_regions.RegionKernel("def region(i0, o0):\n    o0[0] = i0 * 2.0\n",
+                                        "void(float64, float64[:])", "()->()")
+    monkeypatch.setattr(fusion_regions, "exact_functions", lambda: frozenset())
+    with pytest.raises(RuntimeError, match=r"math\.sin.*fuse=False"):
+        kernel(np.arange(3.0))
+    assert np.array_equal(plain(np.arange(3.0)), np.arange(3.0) * 2.0)
