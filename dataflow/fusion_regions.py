@@ -34,6 +34,10 @@ on a probe of values across each function's range, because it holds only where n
 calls the C library's function (as numpy does for float64 ``sin`` and ``cos`` on
 x86-64) and not where numpy has a vectorized implementation of its own. So a fused
 plan gives bitwise the unfused plan's values here too (a NaN's sign excepted, as there).
+Comparisons (``x > 0`` for a ``where``) are not fused: compiled, an ordered comparison
+with a NaN raises the floating-point "invalid" flag, which numpy's quiet comparisons
+do not, so a fused plan would warn (or raise, under ``np.errstate``) where numpy does
+not; a comparison ends its region's level instead.
 """
 
 from __future__ import annotations
