@@ -23,8 +23,9 @@ another node); its inputs, what its members read from outside (scalar float cons
 enter the source as literals). A region needs ``MIN_REGION_OPS`` ops to pay for its
 call and its compile, and at most ``MAX_REGION_OPS`` ops (numba's compile time grows
 faster than linearly: a 6000-op region compiles in about half a minute) and
-``MAX_REGION_ARGS`` operands (numpy's ufuncs take a bounded number); a region outside
-these bounds stays unfused.
+``MAX_REGION_ARGS`` operands (numpy's ufuncs take a bounded number): a larger one is
+cut into runs of its topological order within these bounds (``_segments``), and a run
+of too few ops stays unfused.
 
 Fusable: ``fusion.TEMPLATES``'s ops, which IEEE arithmetic rounds exactly (numba
 compiles without fast-math, so nothing is reassociated or contracted), and the
@@ -307,15 +308,58 @@ def _regions(order: list[Node], cut: set[int], candidate: set[int],
             components.setdefault(root(node.id), []).append(node)
     regions = []
     for members in components.values():
-        region = _region(members, consumers, fetched)
-        if region is not None:
-            regions.append(region)
+        for segment in _segments(members, consumers, fetched):
+            region = _region(segment, consumers, fetched)
+            if region is not None:
+                regions.append(region)
     return regions
+
+
+def _segments(members: list[Node], consumers: dict[int, list[Node]],
+              fetched: set[int]) -> list[list[Node]]:
+    """A component cut, where it exceeds ``MAX_REGION_OPS`` ops or ``MAX_REGION_ARGS``
+    operands, into runs of consecutive members (in topological order), each as long as
+    its bounds allow. A run of a convex set's topological order is convex itself: a path
+    from the run back into it would pass a member between two of the run's members,
+    which is in the run. The operand count is kept as members join: inputs met, and the
+    members some node outside the run still reads (its outputs)."""
+    segments: list[list[Node]] = []
+    run: list[Node] = []
+    inside: set[int] = set()
+    inputs: set[int] = set()
+    unread: dict[int, int] = {}  # a run member -> its consumers not (yet) in the run
+    outputs = ops = 0
+    for m in members:
+        parents = list(dict.fromkeys(m.inputs))
+        new_inputs = {i.id for i in parents if i.id not in inside and i.id not in inputs
+                      and _literal(i) is None}
+        freed = sum(1 for i in parents if i.id in inside and unread[i.id] == 1
+                    and i.id not in fetched)
+        cost = 0 if type(m.op) is BroadcastTo else 1
+        if run and (len(inputs) + len(new_inputs) + outputs - freed + 1 > MAX_REGION_ARGS
+                    or ops + cost > MAX_REGION_OPS):
+            segments.append(run)
+            run, inside, inputs, unread, outputs, ops = [], set(), set(), {}, 0, 0
+            new_inputs = {i.id for i in parents if _literal(i) is None}
+        for i in parents:
+            if i.id in inside:
+                unread[i.id] -= 1
+                if unread[i.id] == 0 and i.id not in fetched:
+                    outputs -= 1
+        inputs |= new_inputs
+        run.append(m)
+        inside.add(m.id)
+        unread[m.id] = len({c.id for c in consumers.get(m.id, ())})
+        outputs += 1 if unread[m.id] or m.id in fetched else 0
+        ops += cost
+    if run:
+        segments.append(run)
+    return segments
 
 
 def _region(members: list[Node], consumers: dict[int, list[Node]],
             fetched: set[int]) -> _Region | None:
-    """A component as a region, or ``None`` when it is outside the bounds."""
+    """A run of a component as a region, or ``None`` when it is outside the bounds."""
     ops = sum(type(m.op) is not BroadcastTo for m in members)
     if not MIN_REGION_OPS <= ops <= MAX_REGION_OPS:
         return None

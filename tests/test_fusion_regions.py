@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import given, note
+from hypothesis import strategies as st
 from test_fusion import assert_fused_bits, chain
 from test_fuzz import Built, Program, assert_bitwise, fuzz_settings, programs
 
@@ -118,8 +119,28 @@ def test_a_region_takes_a_bounded_number_of_operands():
             total = total + x * 2.0
     feeds = {x: np.full(3, float(k)) for k, x in enumerate(xs)}
     with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
-        assert "fused_region" not in plan_ops(engine, [total], feeds)  # 32 inputs + 1 output
-        assert_bitwise([engine.run(total, feeds)], [plain.run(total, feeds)], "unfused")
+        # 32 inputs and an output are one operand too many: the chain is cut where its
+        # run reaches the bound, and the last few ops (too few for a region) stay apart.
+        plan = engine.plan([total], feeds)
+        regions = [p for p in plan.compute if plan.ops[p] == "fused_region"]
+        assert len(regions) == 1
+        assert len(plan.args[regions[0]]) + 1 <= fusion_regions.MAX_REGION_ARGS
+        assert 0 < len(plan.compute) - 1 < fusion_regions.MIN_REGION_OPS
+        assert_bitwise([engine.run(total, feeds)], [plain.run(total, feeds)], "cut")
+
+
+def test_a_region_over_its_op_bound_is_cut_into_runs(monkeypatch):
+    monkeypatch.setattr(fusion_regions, "MAX_REGION_OPS", 10)
+    fetches, feeds = tiny_chain(12)  # forward and gradient: 30 ops in one component
+    with scheduler.Engine("inline") as plain:
+        expected = plain.run(fetches, feeds)
+    with scheduler.Engine("inline", fuse=True) as engine:
+        plan = engine.plan(fetches, feeds)
+        regions = [plan.keys[p].op for p in plan.compute if plan.ops[p] == "fused_region"]
+        assert len(regions) >= 2
+        assert all(len(op.ops) <= 10 for op in regions)
+        for r in range(3):
+            assert_bitwise(engine.run(fetches, feeds), expected, f"runs {r}")
 
 
 @pytest.mark.parametrize("fn", ["sin", "cos", "exp", "log", "tanh"])
@@ -139,16 +160,20 @@ def test_transcendental_functions_fuse_only_where_bitwise_numpys(fn):
 
 
 @fuzz_settings(quick=15, stress=300)
-@given(program=programs(max_nodes=25))
-def test_random_graphs_in_regions_give_the_unfused_bits(program: Program):
+@given(program=programs(max_nodes=25), cut=st.booleans())
+def test_random_graphs_in_regions_give_the_unfused_bits(program: Program, cut: bool):
     note(repr(program))
     built = Built(program)
-    saved = fusion_regions.MIN_REGION_OPS
+    saved = (fusion_regions.MIN_REGION_OPS, fusion_regions.MAX_REGION_OPS,
+             fusion_regions.MAX_REGION_ARGS)
     fusion_regions.MIN_REGION_OPS = 2  # the fuzzer's graphs are small
+    if cut:  # and bounds so small that components are cut into runs
+        fusion_regions.MAX_REGION_OPS, fusion_regions.MAX_REGION_ARGS = 4, 4
     try:
         assert_fused_bits(built)
     finally:
-        fusion_regions.MIN_REGION_OPS = saved
+        (fusion_regions.MIN_REGION_OPS, fusion_regions.MAX_REGION_OPS,
+         fusion_regions.MAX_REGION_ARGS) = saved
 
 
 SCRIPT = textwrap.dedent("""
@@ -340,8 +365,11 @@ def test_random_graphs_regions_are_convex_and_rebuild_in_order(program: Program)
     for n in order:
         for i in () if n.id in cut else n.inputs:
             consumers.setdefault(i.id, []).append(n)
-    saved = fusion_regions.MIN_REGION_OPS
-    fusion_regions.MIN_REGION_OPS = 1
+    saved = (fusion_regions.MIN_REGION_OPS, fusion_regions.MAX_REGION_OPS,
+             fusion_regions.MAX_REGION_ARGS)
+    # Small bounds, so that components are cut into runs too.
+    fusion_regions.MIN_REGION_OPS, fusion_regions.MAX_REGION_OPS = 1, 3
+    fusion_regions.MAX_REGION_ARGS = 4
     try:
         regions = fusion_regions._regions(order, cut, candidate, {k.id for k in fetches})
         for region in regions:
@@ -360,8 +388,12 @@ def test_random_graphs_regions_are_convex_and_rebuild_in_order(program: Program)
         keys, _, origin = fusion_regions.fuse_regions(fetches, fed)
         assert len(keys) == len(fetches)
         assert all(origin.get(k, k).shape == f.shape for k, f in zip(keys, fetches))
+        for region in regions:
+            assert len(region.inputs) + len(region.outputs) <= 4
+            assert sum(m.op.name != "broadcast_to" for m in region.members) <= 3
     finally:
-        fusion_regions.MIN_REGION_OPS = saved
+        (fusion_regions.MIN_REGION_OPS, fusion_regions.MAX_REGION_OPS,
+         fusion_regions.MAX_REGION_ARGS) = saved
 
 
 def test_a_region_feeding_a_large_group_with_a_fed_node_in_both_passes():
