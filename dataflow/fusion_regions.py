@@ -20,7 +20,9 @@ cannot join raises them, so a path from a region back into it stays at its level
 joining edges only: each node on it is in the region too, and no path leaves a region
 and comes back. Its outputs are the members read outside it (fetched, or the input of
 another node); its inputs, what its members read from outside (scalar float constants
-enter the source as literals). A region needs ``MIN_REGION_OPS`` ops to pay for its
+enter the source as literals), which the ufunc broadcasts (a region whose inputs are
+all smaller than its shape, say one ``broadcast_to`` of a ``(1,)`` value, is handed
+output arrays of its shape). A region needs ``MIN_REGION_OPS`` ops to pay for its
 call and its compile, and at most ``MAX_REGION_OPS`` ops (numba's compile time grows
 faster than linearly: a 6000-op region compiles in about half a minute) and
 ``MAX_REGION_ARGS`` operands (numpy's ufuncs take a bounded number): a larger one is
@@ -140,12 +142,16 @@ class RegionKernel:
     several. Picklable as its source, so that process pools and clusters can run it;
     each process compiles it once."""
 
-    __slots__ = ("source", "signature", "layout", "_ufunc")
+    __slots__ = ("source", "signature", "layout", "allocate", "_ufunc")
 
-    def __init__(self, source: str, signature: str, layout: str):
+    def __init__(self, source: str, signature: str, layout: str,
+                 allocate: tuple | None = None):
         self.source = source
         self.signature = signature
         self.layout = layout
+        #: ``(shape, dtypes)`` of the outputs, for a region whose inputs are all smaller
+        #: than its shape (the ufunc would loop over their broadcast shape only)
+        self.allocate = allocate
         self._ufunc: Any = None
 
     def __call__(self, *values: Any) -> Any:
@@ -153,6 +159,9 @@ class RegionKernel:
         if ufunc is None:
             self._check_functions()
             ufunc = self._ufunc = _compiled_region(self.source, self.signature, self.layout)
+        if self.allocate is not None:
+            shape, dtypes = self.allocate
+            return ufunc(*values, out=tuple(np.empty(shape, d) for d in dtypes))
         return ufunc(*values)
 
     def _check_functions(self) -> None:
@@ -171,7 +180,7 @@ class RegionKernel:
                 "fuse=False here, or with the same numpy and C library as the caller")
 
     def __reduce__(self) -> Any:
-        return RegionKernel, (self.source, self.signature, self.layout)
+        return RegionKernel, (self.source, self.signature, self.layout, self.allocate)
 
     def __repr__(self) -> str:
         return f"region({self.layout})"
@@ -182,7 +191,7 @@ class FusedRegion(Op):
     tuple of the region's outputs (each taken out by a ``FusedOutput`` node), or the
     one output itself. Made by ``fuse_regions`` for a plan, never saved or registered."""
 
-    attr_names = ("source", "signature", "layout", "shape", "dtype", "ops")
+    attr_names = ("source", "signature", "layout", "shape", "dtype", "ops", "allocate")
     builtin = True
     #: its value is an array, or a tuple read only by ``FusedOutput`` nodes
     returns_numpy = True
@@ -193,7 +202,7 @@ class FusedRegion(Op):
     def kernel(self) -> Any:
         found = self.__dict__.get("_kernel")
         if found is None:
-            found = RegionKernel(self.source, self.signature, self.layout)
+            found = RegionKernel(self.source, self.signature, self.layout, self.allocate)
             object.__setattr__(self, "_kernel", found)
         return found
 
@@ -264,14 +273,17 @@ def fuse_regions(fetch_keys: Sequence[Any], fed_keys: Sequence[Any]) -> tuple[li
 class _Region:
     """One region: members in topological order, inputs, literals, outputs."""
 
-    __slots__ = ("members", "inputs", "literals", "outputs")
+    __slots__ = ("members", "inputs", "literals", "outputs", "allocate")
 
     def __init__(self, members: list[Node], inputs: list[Node], literals: dict[int, str],
-                 outputs: list[Node]):
+                 outputs: list[Node], allocate: bool = False):
         self.members = members
         self.inputs = inputs
         self.literals = literals
         self.outputs = outputs
+        #: whether the kernel allocates its outputs (its inputs broadcast to less than
+        #: its shape)
+        self.allocate = allocate
 
 
 def _regions(order: list[Node], cut: set[int], candidate: set[int],
@@ -378,10 +390,14 @@ def _region(members: list[Node], consumers: dict[int, list[Node]],
     outputs = [m for m in members if m.id in fetched
                or any(c.id not in inside for c in consumers.get(m.id, ()))]
     shape = members[0].shape
-    if not inputs or len(inputs) + len(outputs) > MAX_REGION_ARGS \
-            or not _broadcasts_to(shape, [i.shape for i in inputs.values()]):
+    if not inputs or len(inputs) + len(outputs) > MAX_REGION_ARGS:
         return None
-    return _Region(members, list(inputs.values()), literals, outputs)
+    shapes = [i.shape for i in inputs.values()]
+    if _broadcasts_to(shape, shapes):
+        return _Region(members, list(inputs.values()), literals, outputs)
+    if _broadcasts_to(shape, [shape, *shapes]):  # inputs smaller than the region
+        return _Region(members, list(inputs.values()), literals, outputs, allocate=True)
+    return None
 
 
 def _region_op(region: _Region) -> FusedRegion:
@@ -414,7 +430,9 @@ def _region_op(region: _Region) -> FusedRegion:
     return FusedRegion(source=source, signature=f"void({', '.join(types)})", layout=layout,
                        shape=first.shape if len(region.outputs) == 1 else (),
                        dtype=first.dtype if len(region.outputs) == 1 else np.dtype(object),
-                       ops=tuple(m.op.name for m in region.members))
+                       ops=tuple(m.op.name for m in region.members),
+                       allocate=(first.shape, tuple(m.dtype.name for m in region.outputs))
+                       if region.allocate else None)
 
 
 def _rebuild(order: list[Node], fetch_keys: Sequence[Node], fed_keys: Sequence[Node],

@@ -423,3 +423,25 @@ def test_a_region_refuses_to_compile_where_its_functions_are_not_numpys(monkeypa
     with pytest.raises(RuntimeError, match=r"math\.sin.*fuse=False"):
         kernel(np.arange(3.0))
     assert np.array_equal(plain(np.arange(3.0)), np.arange(3.0) * 2.0)
+
+
+def test_a_region_whose_inputs_are_smaller_than_it_allocates_its_outputs():
+    """Every input of this region broadcasts: the ufunc alone would loop over shape
+    (1, 3), not the region's (4, 3)."""
+    with df.Graph():
+        x = df.placeholder("x", (1, 3))
+        w = df.placeholder("w", (3,))
+        h = df.broadcast_to(x, (4, 3))
+        for _ in range(4):
+            h = (h * 1.5 + w) * 0.5 - 0.25
+    feeds = {x: np.array([[0.5, -1.0, 2.0]]), w: np.array([0.1, 0.2, 0.3])}
+    with scheduler.Engine("inline", fuse=True) as engine, scheduler.Engine("inline") as plain:
+        assert plan_ops(engine, [h], feeds) == ["fused_region"]
+        for _ in range(3):
+            got = engine.run(h, feeds)
+            assert got.shape == (4, 3)
+            assert_bitwise([got], [plain.run(h, feeds)], "allocated outputs")
+        plan = engine.plan([h], feeds)
+        kernel = pickle.loads(pickle.dumps(plan.kernels[plan.compute[0]]))
+    assert kernel.allocate == ((4, 3), ("float64",))
+    assert_bitwise([kernel(feeds[x], feeds[w])], [got], "a pickled copy")
