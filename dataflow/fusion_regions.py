@@ -320,6 +320,13 @@ def _regions(order: list[Node], cut: set[int], candidate: set[int],
             components.setdefault(root(node.id), []).append(node)
     regions = []
     for members in components.values():
+        whole = _region(members, consumers, fetched)
+        if whole is not None:
+            regions.append(whole)
+            continue
+        # Out of bounds as a whole: its runs may still be regions. (Only then: a run's
+        # outputs include the values later runs read, a forward pass's for its gradient,
+        # so a component that fits is never cut.)
         for segment in _segments(members, consumers, fetched):
             region = _region(segment, consumers, fetched)
             if region is not None:
