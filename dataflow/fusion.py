@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from .graph import Graph, Node, ancestors
-from .kernel_cache import load_function
+from .kernel_cache import compile_kernel
 from .op import Op
 from .ops.core import AddN, Constant, Placeholder
 from .ops.elementwise import Abs, Add, Divide, Multiply, Negative, Sqrt, Square, Subtract, Where
@@ -102,14 +102,9 @@ def _compiled_ufunc(params: tuple[str, ...], expression: str, signature: str) ->
     except ImportError as exc:
         raise ImportError(_MISSING) from exc
     # Our own source: input names i0, i1, ... and the operators of TEMPLATES only.
-    function, in_file = load_function(f"def fused({', '.join(params)}): {expression}\n",
-                                      "fused", {"np": np})
-    try:
-        return numba.vectorize([signature], nopython=True, cache=in_file)(function)
-    except Exception:  # noqa: BLE001 - an unreadable cache entry: compile afresh
-        if not in_file:
-            raise
-        return numba.vectorize([signature], nopython=True)(function)
+    return compile_kernel(f"def fused({', '.join(params)}): {expression}\n", "fused",
+                          {"np": np}, lambda function, cache: numba.vectorize(
+                              [signature], nopython=True, cache=cache)(function))
 
 
 class FusedKernel:

@@ -57,7 +57,7 @@ import numpy as np
 from . import fusion
 from .fusion import _MISSING, TEMPLATES, _broadcasts_to, _fusable, _literal
 from .graph import Graph, Node, ancestors
-from .kernel_cache import load_function
+from .kernel_cache import compile_kernel
 from .op import Op
 from .ops.core import AddN, Placeholder
 from .ops.elementwise import Cos, Elementwise, Exp, Log, Sin, Tanh
@@ -77,8 +77,8 @@ MAX_REGION_ARGS = 32
 
 #: float64 functions a region may compute, as numba source, when ``exact_functions``
 #: finds numba's compiled code bitwise equal to numpy's ufunc
-TRANSCENDENTAL: dict[type[Elementwise], str] = {Sin: "math.sin", Cos: "math.cos", Exp: "math.exp",
-                                   Log: "math.log", Tanh: "math.tanh"}
+TRANSCENDENTAL: dict[type[Elementwise], str] = {
+    Sin: "math.sin", Cos: "math.cos", Exp: "math.exp", Log: "math.log", Tanh: "math.tanh"}
 
 _SCALAR_TYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64",
                  np.dtype(np.bool_): "boolean"}
@@ -127,14 +127,9 @@ def _compiled_region(source: str, signature: str, layout: str) -> Any:
     except ImportError as exc:
         raise ImportError(_MISSING) from exc
     # Our own source: names i0.., t0.., o0.. and the templates' operators only.
-    function, in_file = load_function(source, "region", {"np": np, "math": math})
-    try:
-        return numba.guvectorize([signature], layout, nopython=True,
-                                 cache=in_file)(function).ufunc
-    except Exception:  # noqa: BLE001 - an unreadable cache entry: compile afresh
-        if not in_file:
-            raise
-        return numba.guvectorize([signature], layout, nopython=True)(function).ufunc
+    return compile_kernel(source, "region", {"np": np, "math": math},
+                          lambda function, cache: numba.guvectorize(
+                              [signature], layout, nopython=True, cache=cache)(function).ufunc)
 
 
 class RegionKernel:
@@ -448,7 +443,6 @@ def _rebuild(order: list[Node], fetch_keys: Sequence[Node], fed_keys: Sequence[N
     has several), the other nodes copied, in a topological order of the result."""
     graph = fetch_keys[0].graph
     new = Graph(f"{graph.name}.regions")
-    position = {n.id: k for k, n in enumerate(order)}
     unit: dict[int, int] = {n.id: k for k, n in enumerate(order)}  # node id -> unit
     for r, region in enumerate(regions):
         for m in region.members:
@@ -457,9 +451,9 @@ def _rebuild(order: list[Node], fetch_keys: Sequence[Node], fed_keys: Sequence[N
     # node first, so that the order stays close to the graph's own).
     needs: dict[int, set[int]] = {}
     first: dict[int, int] = {}
-    for node in order:
+    for k, node in enumerate(order):
         u = unit[node.id]
-        first.setdefault(u, position[node.id])
+        first.setdefault(u, k)
         deps = needs.setdefault(u, set())
         if node.id not in fed:
             deps.update(unit[i.id] for i in node.inputs if i.id in unit and unit[i.id] != u)

@@ -19,10 +19,11 @@ import importlib.util
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_dir", "load_function"]
+__all__ = ["cache_dir", "compile_kernel", "load_function"]
 
 
 def cache_dir() -> Path:
@@ -71,3 +72,17 @@ def load_function(source: str, name: str, namespace: dict[str, Any]) -> tuple[An
         scope = dict(namespace)
         exec(source, scope)  # noqa: S102 - our own generated source
         return scope[name], False
+
+
+def compile_kernel(source: str, name: str, namespace: dict[str, Any],
+                   compile_with: Callable[[Any, bool], Any]) -> Any:
+    """``compile_with(function, cache)`` for the function ``name`` of ``source`` (see
+    ``load_function``): with numba's cache where the source lives in a file, and
+    afresh, without it, when the cache cannot be read (a damaged or foreign entry)."""
+    function, in_file = load_function(source, name, namespace)
+    try:
+        return compile_with(function, in_file)
+    except Exception:  # noqa: BLE001 - an unreadable cache entry: compile afresh
+        if not in_file:
+            raise
+        return compile_with(function, False)
