@@ -870,12 +870,13 @@ class _Run:
                                 self.ready_at[p], start, end, value)  # type: ignore[index]
             for cb in self.callbacks:
                 cb.posttask(self.info, record)
-        pending = self.pending
+        pending, ready_at = self.pending, self.ready_at
         for c in plan.children[p]:
-            pending[c] -= 1
-            if pending[c] == 0:
-                if self.ready_at is not None:
-                    self.ready_at[c] = end
+            left_c = pending[c] - 1
+            pending[c] = left_c
+            if left_c == 0:
+                if ready_at is not None:
+                    ready_at[c] = end
                 self._make_ready(c)
         left, keep, values = self.consumers_left, plan.keep, self.values
         for q in plan.parents[p]:
@@ -909,7 +910,7 @@ class _Run:
         if key is None:
             return
         if key in self.slow_once:
-            table = self.engine._costs
+            table = self.costs
             table[key] = max(table.get(key) or 0.0, min(seconds, self.slow_once[key]))
             self.relearned.add(key)
         else:

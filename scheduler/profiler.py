@@ -436,13 +436,13 @@ class RunProfile:
         for r in sorted(self.records, key=lambda r: (r.start, r.position)):
             events.append({
                 "name": r.name, "cat": r.op, "ph": "X", "pid": pid, "tid": tids[r.worker],
-                "ts": _us(r.start - t0), "dur": _us(r.end - r.start),
+                "ts": _us(r.start - t0), "dur": _us(r.duration),
                 "args": {
                     "op": r.op, "position": r.position, "worker": r.worker,
                     "input_shapes": [None if s is None else list(s) for s in r.input_shapes],
                     "shape": None if r.shape is None else list(r.shape),
                     "dtype": r.dtype, "nbytes": r.nbytes,
-                    "ready_us": _us(r.ready - t0), "queue_wait_us": _us(r.start - r.ready),
+                    "ready_us": _us(r.ready - t0), "queue_wait_us": _us(r.queue_wait),
                     "parents": [by_pos[q].name for q in r.parents],
                 },
             })
