@@ -45,6 +45,7 @@ from typing import Any
 import engines as shared_engines
 import numpy as np
 import pytest
+from bits import same_bits
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -550,7 +551,7 @@ def assert_bitwise(got: Sequence[Any], expected: Sequence[Any], what: str) -> No
         a, b = np.asarray(a), np.asarray(b)
         assert a.dtype == b.dtype, f"{what}: fetch {k} dtype {a.dtype} != {b.dtype}"
         assert a.shape == b.shape, f"{what}: fetch {k} shape {a.shape} != {b.shape}"
-        assert a.tobytes() == b.tobytes(), f"{what}: fetch {k} differs from inline:\n{a}\n{b}"
+        assert same_bits(a, b), f"{what}: fetch {k} differs from inline:\n{a}\n{b}"
 
 
 def snapshot(feeds: dict) -> dict:

@@ -19,6 +19,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 import pytest
+from bits import same_bits
 
 import dataflow as df
 import scheduler
@@ -70,7 +71,7 @@ def same(a, b, layout=True, align=True):
     address modulo ALIGN."""
     assert type(b) is np.ndarray
     assert a.dtype == b.dtype and a.shape == b.shape
-    assert a.tobytes() == b.tobytes()  # bitwise, NaN and -0.0 included
+    assert same_bits(a, b)  # bitwise, NaN and -0.0 included
     if layout:
         assert a.strides == b.strides
     if layout and align:
