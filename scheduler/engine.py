@@ -216,6 +216,8 @@ class Engine:
         #: called with ``fuse=True``; for dataflow nodes, ``dataflow.fusion``)
         self.fuse = fuse
         self._costs = CostTable()
+        #: the size of the value of root tasks run in the pool, by cost key (bytes)
+        self._root_bytes = CostTable()
         self._direct_gets = 0  # plain gets that skipped compiling a plan (pooled kinds)
         self._lock = threading.Lock()
         self._owned: dict[str, Any] = {}  # pools this engine created: closed with it
@@ -778,6 +780,9 @@ class _Run:
         self.consumers_left = list(plan.consumers)
         self.cheap: list[int] = []
         self.costly: list[int] = []
+        #: per position: whether a busy pool may take it ahead of a worker freeing
+        self.prefetch = bytearray(b"\x01") * len(plan)
+        self.waits_for = plan.initial_pending  # how many tasks each waits for: 0 for roots
         self.in_flight = 0
         #: the positions in flight, in submission order, and their futures
         self.running: dict[int, cf.Future] = {}
@@ -801,6 +806,8 @@ class _Run:
         # Looked up once per run, not once per ready task (``_make_ready``).
         self.isolating = engine.placement.isolating
         self.cheap_enough = engine.placement.cheap
+        self.prefetch_ok = engine.placement.prefetch_ok
+        self.root_bytes = engine._root_bytes
         self.costs = engine._costs
         self.error: tuple[int, BaseException] | None = None
         self.completions: queue.SimpleQueue = queue.SimpleQueue()
@@ -852,7 +859,14 @@ class _Run:
             elif plan.expensive[p]:
                 estimate = None  # confirmed expensive in this plan: the pool, as if unknown
             inline = self.cheap_enough(estimate)
-        heapq.heappush(self.cheap if inline else self.costly, p)
+        if inline:
+            heapq.heappush(self.cheap, p)
+            return
+        if not self.waits_for[p]:  # a root task
+            key = plan.cost_keys[p]
+            if key is not None:
+                self.prefetch[p] = self.prefetch_ok(self.root_bytes.get(key))
+        heapq.heappush(self.costly, p)
 
     def _finish(self, p: int, value: Any, start: float, end: float, worker: str) -> None:
         plan = self.plan
@@ -865,6 +879,11 @@ class _Run:
             self.durations[p] = end - start
         else:
             self.pooled_durations[p] = end - start
+            if not self.waits_for[p]:  # a root task: learn the size of its value
+                nbytes = getattr(value, "nbytes", None)
+                key = plan.cost_keys[p]
+                if type(nbytes) is int and key is not None:
+                    self.root_bytes[key] = nbytes
         if self.callbacks:
             record = TaskRecord(p, plan.keys[p], plan.names[p], plan.ops[p], worker,
                                 self.ready_at[p], start, end, value)  # type: ignore[index]
@@ -1081,8 +1100,11 @@ class _Run:
         plan = self.plan
         # Two tasks per worker in flight: a worker that finishes starts its next task at
         # once instead of idling until this thread has handled the completion. More
-        # would decide priorities too early.
-        depth = IN_FLIGHT_PER_WORKER * self.engine.workers
+        # would decide priorities too early; a large root waits for a free worker
+        # (``placement.LARGE_ROOT_BYTES``).
+        workers = self.engine.workers
+        depth = IN_FLIGHT_PER_WORKER * workers
+        costly, prefetch = self.costly, self.prefetch
         completions = self.completions
         watched = self.deadline is not None or self.cancel is not None
         while True:
@@ -1091,9 +1113,10 @@ class _Run:
             else:
                 if watched:  # also between completions that keep arriving
                     self._check_deadline()
-                while self.costly and self.in_flight < depth and self.error is None:
+                while costly and self.in_flight < depth and self.error is None and \
+                        (self.in_flight < workers or prefetch[costly[0]]):
                     try:
-                        self._submit(heapq.heappop(self.costly))
+                        self._submit(heapq.heappop(costly))
                     except Exception as exc:  # a pretask callback
                         self.error = (-1, exc)
                 if self.cheap and self.error is None:

@@ -17,7 +17,8 @@ consult it and carry no copy of the rules. The rules, in order:
    sends everything to its pool: a first call of unknown (say, I/O-bound) tasks is
    parallel from its first task. Tasks wait in a ready heap (held) while the pool has
    ``IN_FLIGHT_PER_WORKER`` tasks per worker in flight, so that the priority still
-   decides what starts next.
+   decides what starts next; a root task known to make a large value
+   (``LARGE_ROOT_BYTES``) waits until the pool has a task per worker at most.
 4. A run with a deadline or a cancel event only ever runs known-cheap tasks on the
    driving thread, so that it can raise on time.
 
@@ -38,9 +39,19 @@ from collections.abc import Hashable
 from functools import partial
 from typing import Any, cast
 
-#: Ready tasks in flight per pool worker: a worker that finishes starts its next task
-#: at once, without waiting for the driving thread; more would decide priorities early.
+#: Ready tasks in flight per pool worker, at most: a worker that finishes starts its
+#: next task at once, without waiting for the driving thread; more would decide
+#: priorities early.
 IN_FLIGHT_PER_WORKER = 2
+
+#: A root task (one that waits for no other task: it loads or makes data) whose value
+#: last took at least this many bytes is not handed to a busy pool ahead of a worker
+#: freeing: it waits in the ready heap, so that the priority decides what starts when a
+#: worker frees. Started early, it makes new data while the consumers that would free
+#: older data wait behind it in the pool's queue; this is why dask.distributed queues
+#: root tasks instead of sending them all to its workers. A process pool takes every
+#: task ahead: its hand-off alone takes about a millisecond.
+LARGE_ROOT_BYTES = 1 << 20
 
 #: Executor kinds that run tasks in other processes.
 ISOLATING_KINDS = frozenset({"processes", "dask"})
@@ -72,7 +83,8 @@ def stable_cost_key(func: Any) -> Hashable:
 
 
 class CostTable:
-    """Learned task durations (seconds) by cost key, shared by an engine's plans.
+    """Learned figures by cost key, shared by an engine's plans: task durations
+    (seconds), and the sizes of root tasks' values (bytes).
 
     Bounded: the least recently used keys are dropped beyond ``max_keys``, so that a
     service that runs ever new graphs does not grow it forever. Thread-safe: runs of
@@ -132,6 +144,12 @@ class Placement:
     def cheap(self, estimate: float | None) -> bool:
         """Known to be cheap: measured or hinted at most the inline threshold."""
         return estimate is not None and estimate <= self.threshold and self.threshold > 0
+
+    def prefetch_ok(self, root_bytes: float | None) -> bool:
+        """Whether a pooled task may be handed to a busy pool ahead of a worker freeing:
+        ``root_bytes`` is the size of its value last time if it is a root task (None if
+        not, or not known); see ``LARGE_ROOT_BYTES``."""
+        return self.isolating or root_bytes is None or root_bytes < LARGE_ROOT_BYTES
 
     def inline_ok(self, estimate: float | None, kernel: Any = None) -> bool:
         """Whether a ready task with this estimate may run on the driving thread."""

@@ -292,3 +292,66 @@ def test_cost_keys_are_stable_and_the_table_is_bounded():
     assert len(table) == 3 and ("key", 9) in table and ("key", 0) not in table
     table.observe_pooled(("key", 9), 5.0)  # a pool sample never raises an estimate
     assert table.get(("key", 9)) == 1e-6
+
+
+_live_lock = threading.Lock()
+
+
+class _LiveRoots:
+    """How many root values are alive (made and not yet freed), and the most seen
+    when a root task starts."""
+
+    def __init__(self):
+        self.live = 0
+        self.most = 0
+
+    def freed(self):
+        with _live_lock:
+            self.live -= 1
+
+
+def _make_chunk(i, seen):
+    with _live_lock:
+        seen.most = max(seen.most, seen.live)
+        seen.live += 1
+    time.sleep(0.003)  # a load from disk, say: the GIL is free meanwhile
+    chunk = np.full(300_000, float(i))  # 2.4 MB
+    weakref.finalize(chunk, seen.freed)
+    return chunk
+
+
+def _total(chunk):
+    time.sleep(0.001)
+    return float(chunk.sum())
+
+
+def _largest(chunk):
+    time.sleep(0.001)
+    return float(chunk.max())
+
+
+@pytest.mark.parametrize("large_root_bytes", [None, 1 << 40])
+def test_large_roots_wait_for_a_free_worker_so_their_consumers_free_memory_first(
+        large_root_bytes, monkeypatch):
+    # Roots that make large values, each read by two consumers (so that no chain runs
+    # a root and its consumer as one job), the last of which frees it: once their size
+    # is known, at most one per worker is in flight, and the consumers of finished ones
+    # go first, as in dask's local scheduler. Handed over ahead (the rule switched off),
+    # roots start while the values of earlier ones still wait for their consumers.
+    if large_root_bytes is not None:
+        monkeypatch.setattr(scheduler.placement, "LARGE_ROOT_BYTES", large_root_bytes)
+    seen = _LiveRoots()
+    dsk = {f"chunk-{i}": (_make_chunk, i, seen) for i in range(16)}
+    dsk.update({f"total-{i}": (_total, f"chunk-{i}") for i in range(16)})
+    dsk.update({f"largest-{i}": (_largest, f"chunk-{i}") for i in range(16)})
+    dsk["all"] = (sum, [f"total-{i}" for i in range(16)] + [f"largest-{i}" for i in range(16)])
+    want = sum(300_000.0 * i + i for i in range(16))
+    with scheduler.Engine("threads", workers=2) as engine:
+        assert engine.get(dsk, "all") == want  # learns the roots' sizes
+        seen.most = 0
+        assert engine.get(dsk, "all") == want
+    assert seen.live == 0
+    if large_root_bytes is None:
+        assert seen.most <= 2, seen.most
+    else:
+        assert seen.most >= 3, seen.most

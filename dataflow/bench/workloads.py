@@ -4,6 +4,8 @@ and for this project from one definition each, so both measure the same work."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -95,11 +97,13 @@ def tiny_chain(step_fns: tuple, x, n: int = TINY_N):
     return x
 
 
-def tiny_chain_numpy_grad(x: np.ndarray, n: int = TINY_N) -> tuple[np.ndarray, np.ndarray]:
+def tiny_chain_numpy_grad(x: np.ndarray, n: int = TINY_N,
+                          ufuncs: tuple = (np.sin, np.cos, np.multiply, np.add),
+                          ) -> tuple[np.ndarray, np.ndarray]:
     """The tiny-op chain's sum and its gradient by hand in numpy: the same ufunc calls
     as a graph's forward and gradient (sin, then cos and two multiplies per ``sin``
     step on the way back), in a Python loop."""
-    sin, cos, mul, add_ = np.sin, np.cos, np.multiply, np.add
+    sin, cos, mul, add_ = ufuncs
     c, b = np.array(1.0001), np.array(0.1)
     inputs = []
     for i in range(n):
@@ -117,6 +121,27 @@ def tiny_chain_numpy_grad(x: np.ndarray, n: int = TINY_N) -> tuple[np.ndarray, n
         elif k == 0:
             grad = mul(grad, cos(inputs.pop()))
     return x.sum(), grad
+
+
+def tiny_chain_ufunc_calls(x: np.ndarray, n: int = TINY_N) -> Callable[[], None]:
+    """A function making only the ufunc calls of ``tiny_chain_numpy_grad``, on operands
+    recorded beforehand, with nothing between them but a loop: the floor of any plan
+    that calls numpy once per op, whatever runs it."""
+    calls: list[tuple[Any, tuple[np.ndarray, ...]]] = []
+
+    def recorded(ufunc: Any) -> Callable[..., np.ndarray]:
+        def call(*args: np.ndarray) -> np.ndarray:
+            calls.append((ufunc, args))
+            return ufunc(*args)
+        return call
+
+    tiny_chain_numpy_grad(x, n, tuple(recorded(u) for u in (np.sin, np.cos, np.multiply,
+                                                            np.add)))
+
+    def replay() -> None:
+        for ufunc, args in calls:
+            ufunc(*args)
+    return replay
 
 
 # -- MLP (anchor_mlp.py) ----------------------------------------------------------------
