@@ -355,3 +355,28 @@ def test_large_roots_wait_for_a_free_worker_so_their_consumers_free_memory_first
         assert seen.most <= 2, seen.most
     else:
         assert seen.most >= 3, seen.most
+
+
+class _Frame:
+    """Like a pandas DataFrame: unknown attributes are looked up as columns."""
+
+    lookups: list[str] = []
+
+    def __getattr__(self, name):
+        _Frame.lookups.append(name)
+        raise AttributeError(name)
+
+
+def _make_frame(i):
+    time.sleep(0.001)
+    return _Frame()
+
+
+def test_learning_root_sizes_never_asks_a_value_for_a_missing_attribute():
+    _Frame.lookups.clear()
+    dsk = {f"frame-{i}": (_make_frame, i) for i in range(4)}
+    dsk["all"] = (len, [f"frame-{i}" for i in range(4)])
+    with scheduler.Engine("threads", workers=2) as engine:
+        for _ in range(2):
+            assert engine.get(dsk, "all") == 4
+    assert "nbytes" not in _Frame.lookups
