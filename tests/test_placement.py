@@ -294,39 +294,45 @@ def test_cost_keys_are_stable_and_the_table_is_bounded():
     assert table.get(("key", 9)) == 1e-6
 
 
-_live_lock = threading.Lock()
-
-
 class _LiveRoots:
-    """How many root values are alive (made and not yet freed), and the most seen
-    when a root task starts."""
+    """How many roots have started whose consumers have not all finished, and the most
+    seen when a root starts (counted in the tasks themselves, not by when the garbage
+    is collected, so that it measures the scheduler's choices alone)."""
 
     def __init__(self):
+        self.lock = threading.Lock()
         self.live = 0
         self.most = 0
+        self.consumers_left: dict[int, int] = {}
 
-    def freed(self):
-        with _live_lock:
-            self.live -= 1
+    def started(self, i):
+        with self.lock:
+            self.most = max(self.most, self.live)
+            self.live += 1
+            self.consumers_left[i] = 2
+
+    def consumed(self, i):
+        with self.lock:
+            self.consumers_left[i] -= 1
+            if self.consumers_left[i] == 0:
+                self.live -= 1
 
 
 def _make_chunk(i, seen):
-    with _live_lock:
-        seen.most = max(seen.most, seen.live)
-        seen.live += 1
+    seen.started(i)
     time.sleep(0.003)  # a load from disk, say: the GIL is free meanwhile
-    chunk = np.full(300_000, float(i))  # 2.4 MB
-    weakref.finalize(chunk, seen.freed)
-    return chunk
+    return np.full(300_000, float(i))  # 2.4 MB
 
 
-def _total(chunk):
+def _total(chunk, i, seen):
     time.sleep(0.001)
+    seen.consumed(i)
     return float(chunk.sum())
 
 
-def _largest(chunk):
+def _largest(chunk, i, seen):
     time.sleep(0.001)
+    seen.consumed(i)
     return float(chunk.max())
 
 
@@ -342,8 +348,8 @@ def test_large_roots_wait_for_a_free_worker_so_their_consumers_free_memory_first
         monkeypatch.setattr(scheduler.placement, "LARGE_ROOT_BYTES", large_root_bytes)
     seen = _LiveRoots()
     dsk = {f"chunk-{i}": (_make_chunk, i, seen) for i in range(16)}
-    dsk.update({f"total-{i}": (_total, f"chunk-{i}") for i in range(16)})
-    dsk.update({f"largest-{i}": (_largest, f"chunk-{i}") for i in range(16)})
+    dsk.update({f"total-{i}": (_total, f"chunk-{i}", i, seen) for i in range(16)})
+    dsk.update({f"largest-{i}": (_largest, f"chunk-{i}", i, seen) for i in range(16)})
     dsk["all"] = (sum, [f"total-{i}" for i in range(16)] + [f"largest-{i}" for i in range(16)])
     want = sum(300_000.0 * i + i for i in range(16))
     with scheduler.Engine("threads", workers=2) as engine:
