@@ -18,7 +18,7 @@ consult it and carry no copy of the rules. The rules, in order:
    parallel from its first task. Tasks wait in a ready heap (held) while the pool has
    ``IN_FLIGHT_PER_WORKER`` tasks per worker in flight, so that the priority still
    decides what starts next; a root task known to make a large value
-   (``LARGE_ROOT_BYTES``) waits until the pool has a task per worker at most.
+   (``LARGE_ROOT_BYTES``) waits until a worker is free.
 4. A run with a deadline or a cancel event only ever runs known-cheap tasks on the
    driving thread, so that it can raise on time.
 
