@@ -60,8 +60,8 @@ from .ops.shape_ops import BroadcastTo
 from .rewrite import copy_node, rewritable
 from .shapes import product
 
-__all__ = ["MAX_INPUTS", "MAX_OPS", "MIN_SIZE", "TEMPLATES", "FusedElementwise", "FusedKernel",
-           "fuse"]
+__all__ = ["MAX_INPUTS", "MAX_OPS", "MIN_SIZE", "TEMPLATES", "CompiledOp", "FusedElementwise",
+           "FusedKernel", "fuse"]
 
 #: the most ops and distinct inputs one fused kernel takes
 MAX_OPS = 64
@@ -135,15 +135,21 @@ class FusedKernel:
         return f"fused({self.expression})"
 
 
-class FusedElementwise(Op):
-    """A group of elementwise nodes computed by one compiled kernel. Never registered:
-    it is made by ``fuse`` for a plan, never saved to or loaded from a file."""
+class CompiledOp(Op):
+    """An op whose value one compiled kernel computes: the base of the fusion passes'
+    ops. Its shape and dtype are attributes (the fused nodes' own), and its kernel is
+    made on first use (``make_kernel``) and kept: the op is what a plan holds, and
+    compiling, even from numba's cache, costs far more than a call. Never registered:
+    made for a plan, never saved to or loaded from a file."""
 
-    attr_names = ("expression", "signature", "shape", "dtype", "ops")
     returns_numpy = True
     #: this package's own kernel: trusted like the ops it fuses (its results are not
     #: checked as a user's op's are, and its cost is hinted from shapes)
     builtin = True
+
+    def make_kernel(self) -> Any:
+        """The callable that computes the op's value from its input values."""
+        raise NotImplementedError
 
     def infer(self, *inputs: Node) -> tuple[tuple, np.dtype]:
         return self.shape, self.dtype
@@ -151,13 +157,22 @@ class FusedElementwise(Op):
     def kernel(self) -> Any:
         found = self.__dict__.get("_kernel")
         if found is None:
-            params = tuple(f"i{k}" for k in range(self.signature.count(",") + 1))
-            found = FusedKernel(params, self.expression, self.signature)
+            found = self.make_kernel()
             object.__setattr__(self, "_kernel", found)
         return found
 
     def forward(self, *values: Any) -> Any:
         return self.kernel()(*values)
+
+
+class FusedElementwise(CompiledOp):
+    """A group of elementwise nodes on large arrays computed by one compiled kernel."""
+
+    attr_names = ("expression", "signature", "shape", "dtype", "ops")
+
+    def make_kernel(self) -> Any:
+        params = tuple(f"i{k}" for k in range(self.signature.count(",") + 1))
+        return FusedKernel(params, self.expression, self.signature)
 
 
 FusedElementwise.name = "fused"  # named after the class exists: never in the registry

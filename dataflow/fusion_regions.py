@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from . import fusion
-from .fusion import _MISSING, TEMPLATES, _broadcasts_to, _fusable, _literal
+from .fusion import _MISSING, _TYPES, TEMPLATES, CompiledOp, _broadcasts_to, _fusable, _literal
 from .graph import Graph, Node, ancestors
 from .kernel_cache import compile_kernel
 from .op import Op
@@ -79,10 +79,6 @@ MAX_REGION_ARGS = 32
 #: finds numba's compiled code bitwise equal to numpy's ufunc
 TRANSCENDENTAL: dict[type[Elementwise], str] = {
     Sin: "math.sin", Cos: "math.cos", Exp: "math.exp", Log: "math.log", Tanh: "math.tanh"}
-
-_SCALAR_TYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64",
-                 np.dtype(np.bool_): "boolean"}
-
 
 def _probe_values(op: type) -> np.ndarray:
     """Values across ``op``'s domain: small, large, tiny and special arguments."""
@@ -181,28 +177,16 @@ class RegionKernel:
         return f"region({self.layout})"
 
 
-class FusedRegion(Op):
+class FusedRegion(CompiledOp):
     """A region of elementwise nodes computed by one compiled kernel; its value is the
     tuple of the region's outputs (each taken out by a ``FusedOutput`` node), or the
-    one output itself. Made by ``fuse_regions`` for a plan, never saved or registered."""
+    one output itself (``returns_numpy``: an array, or a tuple that only
+    ``FusedOutput`` nodes read). Made by ``fuse_regions`` for a plan."""
 
     attr_names = ("source", "signature", "layout", "shape", "dtype", "ops", "allocate")
-    builtin = True
-    #: its value is an array, or a tuple read only by ``FusedOutput`` nodes
-    returns_numpy = True
 
-    def infer(self, *inputs: Node) -> tuple[tuple, np.dtype]:
-        return self.shape, self.dtype
-
-    def kernel(self) -> Any:
-        found = self.__dict__.get("_kernel")
-        if found is None:
-            found = RegionKernel(self.source, self.signature, self.layout, self.allocate)
-            object.__setattr__(self, "_kernel", found)
-        return found
-
-    def forward(self, *values: Any) -> Any:
-        return self.kernel()(*values)
+    def make_kernel(self) -> Any:
+        return RegionKernel(self.source, self.signature, self.layout, self.allocate)
 
     def flops(self, input_shapes: Sequence[tuple[int, ...]],
               output_shape: tuple[int, ...]) -> float:
@@ -424,8 +408,8 @@ def _region_op(region: _Region) -> FusedRegion:
     lines += [f"{o}[0] = {names[m.id]}" for o, m in zip(outs, region.outputs)]
     params = [f"i{k}" for k in range(len(region.inputs))] + outs
     source = f"def region({', '.join(params)}):\n    " + "\n    ".join(lines) + "\n"
-    types = [_SCALAR_TYPES[i.dtype] for i in region.inputs]
-    types += [f"{_SCALAR_TYPES[m.dtype]}[:]" for m in region.outputs]
+    types = [_TYPES[i.dtype] for i in region.inputs]
+    types += [f"{_TYPES[m.dtype]}[:]" for m in region.outputs]
     layout = ",".join("()" for _ in region.inputs) + "->" + \
         ",".join("()" for _ in region.outputs)
     first = region.outputs[0]

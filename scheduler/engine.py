@@ -780,8 +780,6 @@ class _Run:
         self.consumers_left = list(plan.consumers)
         self.cheap: list[int] = []
         self.costly: list[int] = []
-        #: per position: whether a busy pool may take it ahead of a worker freeing
-        self.prefetch = bytearray(b"\x01") * len(plan)
         self.waits_for = plan.initial_pending  # how many tasks each waits for: 0 for roots
         self.in_flight = 0
         #: the positions in flight, in submission order, and their futures
@@ -806,8 +804,6 @@ class _Run:
         # Looked up once per run, not once per ready task (``_make_ready``).
         self.isolating = engine.placement.isolating
         self.cheap_enough = engine.placement.cheap
-        self.prefetch_ok = engine.placement.prefetch_ok
-        self.root_bytes = engine._root_bytes
         self.costs = engine._costs
         self.error: tuple[int, BaseException] | None = None
         self.completions: queue.SimpleQueue = queue.SimpleQueue()
@@ -859,14 +855,7 @@ class _Run:
             elif plan.expensive[p]:
                 estimate = None  # confirmed expensive in this plan: the pool, as if unknown
             inline = self.cheap_enough(estimate)
-        if inline:
-            heapq.heappush(self.cheap, p)
-            return
-        if not self.waits_for[p]:  # a root task
-            key = plan.cost_keys[p]
-            if key is not None:
-                self.prefetch[p] = self.prefetch_ok(self.root_bytes.get(key))
-        heapq.heappush(self.costly, p)
+        heapq.heappush(self.cheap if inline else self.costly, p)
 
     def _finish(self, p: int, value: Any, start: float, end: float, worker: str) -> None:
         plan = self.plan
@@ -932,6 +921,14 @@ class _Run:
         else:
             self.slow_once[key] = seconds
 
+    def _may_go_ahead(self, p: int) -> bool:
+        """Whether pooled task ``p`` may be handed to a pool whose workers are all busy
+        (``placement.LARGE_ROOT_BYTES``): asked only then, once per such hand-off."""
+        if self.waits_for[p]:
+            return True
+        key = self.plan.cost_keys[p]
+        return key is None or self.placement.root_may_go_ahead(self.engine._root_bytes.get(key))
+
     def _learn_root_bytes(self, p: int, value: Any) -> None:
         """Remember the size of root task ``p``'s value by its cost key, where its type
         declares ``nbytes`` (arrays, pandas Series). Asked of the type first: a
@@ -941,7 +938,7 @@ class _Run:
         if key is not None and hasattr(type(value), "nbytes"):
             nbytes = value.nbytes
             if type(nbytes) is int:
-                self.root_bytes[key] = nbytes
+                self.engine._root_bytes[key] = nbytes
 
     def _submit(self, p: int) -> None:
         plan, values = self.plan, self.values
@@ -1112,7 +1109,7 @@ class _Run:
         # (``placement.LARGE_ROOT_BYTES``).
         workers = self.engine.workers
         depth = IN_FLIGHT_PER_WORKER * workers
-        costly, prefetch = self.costly, self.prefetch
+        costly, may_go_ahead = self.costly, self._may_go_ahead
         completions = self.completions
         watched = self.deadline is not None or self.cancel is not None
         while True:
@@ -1122,7 +1119,7 @@ class _Run:
                 if watched:  # also between completions that keep arriving
                     self._check_deadline()
                 while costly and self.in_flight < depth and self.error is None and \
-                        (self.in_flight < workers or prefetch[costly[0]]):
+                        (self.in_flight < workers or may_go_ahead(costly[0])):
                     try:
                         self._submit(heapq.heappop(costly))
                     except Exception as exc:  # a pretask callback

@@ -145,10 +145,9 @@ class Placement:
         """Known to be cheap: measured or hinted at most the inline threshold."""
         return estimate is not None and estimate <= self.threshold and self.threshold > 0
 
-    def prefetch_ok(self, root_bytes: float | None) -> bool:
-        """Whether a pooled task may be handed to a busy pool ahead of a worker freeing:
-        ``root_bytes`` is the size of its value last time if it is a root task (None if
-        not, or not known); see ``LARGE_ROOT_BYTES``."""
+    def root_may_go_ahead(self, root_bytes: float | None) -> bool:
+        """Whether a root task whose value took ``root_bytes`` last time (None: not
+        known) may be handed to a pool whose workers are all busy (``LARGE_ROOT_BYTES``)."""
         return self.isolating or root_bytes is None or root_bytes < LARGE_ROOT_BYTES
 
     def inline_ok(self, estimate: float | None, kernel: Any = None) -> bool:
