@@ -100,7 +100,7 @@ from .executors import (
     worker_name,
 )
 from .names import resolve_names
-from .placement import IN_FLIGHT_PER_WORKER, CostTable, Placement
+from .placement import IN_FLIGHT_PER_WORKER, CostTable, Placement, PoolVerdicts, graph_kind
 from .plan import DEFAULT_INLINE_THRESHOLD, Plan, gc_paused
 from .results import distinct_arrays
 from .reuse import reuse_into
@@ -219,6 +219,8 @@ class Engine:
         #: the size of the value of root tasks run in the pool, by cost key (bytes)
         self._root_bytes = CostTable()
         self._direct_gets = 0  # plain gets that skipped compiling a plan (pooled kinds)
+        #: per kind of graph, whether the pool paid (placement.py, rule 5)
+        self._verdicts = PoolVerdicts()
         self._lock = threading.Lock()
         self._owned: dict[str, Any] = {}  # pools this engine created: closed with it
         #: BLAS/OpenMP threads per worker (see ``blas.py``); given back when the engine closes
@@ -537,8 +539,27 @@ class Engine:
                 self._learning_walk(plan, values, cancel)
             else:
                 _walk(plan, values, cancel)
+        elif plain and cancel is None and self._judges_pool():
+            # Rule 5 of placement.py: walk this kind of graph if the pool did not pay.
+            kind = plan.kind
+            if self._verdicts.walk_next(kind):
+                start = time.perf_counter()
+                _walk(plan, values)
+                self._verdicts.walked(kind, time.perf_counter() - start)
+            else:
+                start, cpu = time.perf_counter(), time.process_time()
+                _Run(self, plan, values, self._pool(), cbs, deadline, False).drive()
+                self._verdicts.pooled(kind, time.perf_counter() - start,
+                                      time.process_time() - cpu, self.workers)
         else:
             _Run(self, plan, values, self._pool(), cbs, deadline, False, cancel=cancel).drive()
+
+    def _judges_pool(self) -> bool:
+        """Whether plain runs of this engine may be walked where the pool did not pay
+        (rule 5 of ``placement.py``): a thread pool of several workers that may run
+        tasks on the driving thread at all."""
+        return (self.workers > 1 and self.inline_threshold > 0
+                and not self.placement.isolating)
 
     def _learning_walk(self, plan: Plan, values: list,
                        cancel: threading.Event | None = None) -> None:
@@ -608,6 +629,13 @@ class Engine:
                 direct = scan(source, wanted, feeds)
                 if self.kind == "inline" or inside_kernel() or self._all_cheap(direct):
                     return pack_results(keys, walk(direct))
+                if self._judges_pool():
+                    kind = graph_kind(direct.cost_keys())
+                    if self._verdicts.walk_next(kind):
+                        start = time.perf_counter()
+                        walked = walk(direct)
+                        self._verdicts.walked(kind, time.perf_counter() - start)
+                        return pack_results(keys, walked)
             # The pool it is: the plan reuses the specs the scan built (a dask graph's
             # task objects cost more to read than the rest of the plan).
             scanned = direct.specs

@@ -21,6 +21,24 @@ consult it and carry no copy of the rules. The rules, in order:
    (``LARGE_ROOT_BYTES``) waits until a worker is free.
 4. A run with a deadline or a cancel event only ever runs known-cheap tasks on the
    driving thread, so that it can raise on time.
+5. A pool pays only where its workers compute at the same time. Tasks that hold the
+   GIL (pure-Python loops, much of pandas) run one at a time in any thread pool, and
+   each hand-off between threads then costs more than it saves. So the engine
+   measures each plain pooled run: the process's CPU time over the run's wall time. A
+   run whose tasks kept about one core busy (``ONE_CORE``), though the pool had
+   several workers, makes the next plain run of the same kind of graph (the same set
+   of cost keys, :func:`graph_kind`) a walk on the driving thread, timed. From then on
+   the faster of the two ways is used, and the other is measured again every
+   ``RECHECK_EVERY`` runs (:class:`PoolVerdicts`). A graph whose tasks wait (I/O,
+   sleeps) keeps the process's CPU near zero and is never walked; nor is a run with a
+   deadline, a cancel event or callbacks, nor any run of an engine with
+   ``inline_threshold=0``.
+
+Tasks that wait for one another (meet at a barrier, pass items through a queue) are
+beyond what timing can tell: once they all run at once, each takes microseconds and
+is learned as cheap, and the driving thread would then call one of them and wait for
+the others forever. Run such graphs on an engine with ``inline_threshold=0``, which
+sends every task to the pool (a first call always does: nothing is known yet).
 
 Costs are learned: a task run on the driving thread is timed there; a task run in the
 pool reports its duration too, which may set an unknown estimate or lower a known one
@@ -52,6 +70,17 @@ IN_FLIGHT_PER_WORKER = 2
 #: root tasks instead of sending them all to its workers. A process pool takes every
 #: task ahead: its hand-off alone takes about a millisecond.
 LARGE_ROOT_BYTES = 1 << 20
+
+#: The band of the process's CPU time over a pooled run's wall time that counts as one
+#: busy core: the run's tasks computed, but one at a time. Below it the tasks mostly
+#: waited (a walk would serialise their waits); above it the workers computed side by
+#: side. A run shorter than ``MIN_MEASURED_SECONDS`` is not judged (clock resolution).
+ONE_CORE = (0.5, 1.5)
+MIN_MEASURED_SECONDS = 2e-3
+
+#: A kind of graph that runs one way (walked or pooled) is run the other way every
+#: this many runs, so that a change (larger inputs, a busier machine) is noticed.
+RECHECK_EVERY = 16
 
 #: Executor kinds that run tasks in other processes.
 ISOLATING_KINDS = frozenset({"processes", "dask"})
@@ -127,6 +156,75 @@ class CostTable:
         old = self._table.get(key)
         if old is None or seconds < old:
             self[key] = seconds
+
+
+def graph_kind(cost_keys: Any) -> frozenset:
+    """What :class:`PoolVerdicts` knows a graph by: the set of its tasks' cost keys. A
+    dask collection rebuilt with new key names, or a plan compiled again, is the same
+    kind of graph."""
+    return frozenset(cost_keys)
+
+
+class PoolVerdicts:
+    """Whether the pool pays for a kind of graph, measured (rule 5 of the module
+    docstring): per kind, the wall time of its last pooled run and of its last walk
+    on the driving thread.
+
+    Bounded like :class:`CostTable`. Several threads may run graphs of one engine at
+    once; then the process's CPU time counts all of them, which at worst starts a walk
+    that its own timing then rejects."""
+
+    __slots__ = ("max_kinds", "_table", "_lock")
+
+    def __init__(self, max_kinds: int = 1024):
+        self.max_kinds = max_kinds
+        #: kind -> [last pooled wall, last walk wall (None: never walked), runs]
+        self._table: OrderedDict[frozenset, list] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def walk_next(self, kind: frozenset) -> bool:
+        """Whether the next plain run of ``kind`` walks on the driving thread: a first
+        walk once a pooled run kept one core busy, then whichever way was faster, the
+        other way every ``RECHECK_EVERY``-th run."""
+        entry = self._table.get(kind)
+        if entry is None:
+            return False
+        pooled, walked, runs = entry
+        entry[2] = runs = runs + 1
+        if walked is None:
+            return True
+        walk_wins = walked <= pooled
+        return walk_wins != (runs % RECHECK_EVERY == 0)
+
+    def pooled(self, kind: frozenset, wall: float, cpu: float, workers: int) -> None:
+        """A plain pooled run of ``kind`` took ``wall`` seconds and ``cpu`` seconds of the
+        process's CPU time, on ``workers`` workers."""
+        if wall < MIN_MEASURED_SECONDS or workers < 2:
+            return
+        with self._lock:
+            entry = self._table.get(kind)
+            if not ONE_CORE[0] <= cpu / wall < ONE_CORE[1]:
+                if entry is not None and cpu / wall >= ONE_CORE[1]:
+                    del self._table[kind]  # the workers computed side by side: pool it
+                elif entry is not None:
+                    entry[0] = wall
+                return
+            if entry is None:
+                self._table[kind] = [wall, None, 0]
+                if len(self._table) > self.max_kinds:
+                    self._table.popitem(last=False)
+            else:
+                entry[0] = wall
+                self._table.move_to_end(kind)
+
+    def walked(self, kind: frozenset, wall: float) -> None:
+        """A plain run of ``kind`` walked on the driving thread took ``wall`` seconds."""
+        entry = self._table.get(kind)
+        if entry is not None:
+            entry[1] = wall
 
 
 class Placement:

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import gc
 import heapq
+import statistics
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from .errors import CycleError, FeedError, MissingDependencyError, UnknownKeyError
+from .placement import graph_kind
 from .spec import NO_VALUE, TaskSpec
 
 SpecOf = Callable[[Hashable], TaskSpec]
@@ -172,6 +174,9 @@ class Plan:
         if name in Plan._LINKS:
             self._link()
             return self.__dict__[name]
+        if name == "kind":  # what placement.PoolVerdicts knows the plan by
+            self.kind = graph_kind(self.cost_keys[p] for p in self.compute)
+            return self.kind
         if name in ("names", "ops"):  # wanted for errors, callbacks and profiles only
             self.names = [s.name for s in self._specs]
             self.ops = [s.op for s in self._specs]
@@ -244,6 +249,10 @@ class Plan:
         measured in pool threads, where a kernel also waits for the GIL while the
         driving thread runs cheap tasks: they set an unknown estimate and may lower a
         known one, never raise it (the next timed walk on the driving thread will).
+        Pooled tasks of one cost key count with their typical duration in this run (the
+        upper median), not each on its own: one task that happened to be fast (its
+        input in cache, or the partner it waited for already there) does not make
+        the whole kind look cheap.
 
         Parameters
         ----------
@@ -265,14 +274,14 @@ class Plan:
             key = cost_keys[p]
             if key is not None:
                 table.observe(key, seconds)
-        for p, seconds in (pooled or {}).items():
-            old = estimates[p]
-            if old is None:
-                estimates[p] = seconds
-                samples[p] = 2  # it ran where an unknown task belongs; see placement
-            elif seconds < old:
-                estimates[p] = seconds
-            key = cost_keys[p]
+        for key, positions, seconds in _typical_per_kind(pooled or {}, cost_keys):
+            for p in positions:
+                old = estimates[p]
+                if old is None:
+                    estimates[p] = seconds
+                    samples[p] = 2  # it ran where an unknown task belongs; see placement
+                elif seconds < old:
+                    estimates[p] = seconds
             if key is not None:
                 table.observe_pooled(key, seconds)
         self.reclassify(threshold)
@@ -320,6 +329,24 @@ class Plan:
         handoffs = sum(self.expensive)
         overhead = DRIVER_SECONDS_PER_TASK * len(self.compute) + HANDOFF_SECONDS * handoffs
         return sequential - parallel - overhead - MIN_PARALLEL_GAIN * sequential
+
+
+def _typical_per_kind(pooled: dict[int, float], cost_keys: list) -> list[tuple]:
+    """``(cost key, its positions, their upper-median duration)`` for the ``pooled``
+    durations; each task without a cost key (None) is a kind of its own."""
+    groups: dict[Hashable, list[int]] = {}
+    found: list[tuple] = []
+    for p, seconds in pooled.items():
+        key = cost_keys[p]
+        if key is None:
+            found.append((None, (p,), seconds))
+        else:
+            groups.setdefault(key, []).append(p)
+    for key, positions in groups.items():
+        seconds = pooled[positions[0]] if len(positions) == 1 else \
+            statistics.median_high([pooled[p] for p in positions])
+        found.append((key, positions, seconds))
+    return found
 
 
 def _donor(spec: TaskSpec, args: tuple[int, ...], dies: tuple[int, ...],

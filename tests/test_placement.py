@@ -25,7 +25,14 @@ import pytest
 import dataflow as df
 import scheduler
 from scheduler import Callback, NodeError
-from scheduler.placement import CostTable, stable_cost_key
+from scheduler.placement import (
+    MIN_MEASURED_SECONDS,
+    RECHECK_EVERY,
+    CostTable,
+    PoolVerdicts,
+    graph_kind,
+    stable_cost_key,
+)
 
 HAS_DISTRIBUTED = importlib.util.find_spec("distributed") is not None
 needs_dask = pytest.mark.skipif(not HAS_DISTRIBUTED, reason="dask.distributed not installed")
@@ -386,3 +393,109 @@ def test_learning_root_sizes_never_asks_a_value_for_a_missing_attribute():
         for _ in range(2):
             assert engine.get(dsk, "all") == 4
     assert "nbytes" not in _Frame.lookups
+
+
+# -- a kind of graph the pool does not pay for is walked on the calling thread ----------------
+
+def _decisions(verdicts, kind, runs):
+    return [verdicts.walk_next(kind) for _ in range(runs)]
+
+
+def test_a_kind_whose_pooled_run_kept_one_core_busy_is_walked_once_then_the_faster_way_wins():
+    kind = graph_kind(["parse", "sum"])
+    verdicts = PoolVerdicts()
+    assert not verdicts.walk_next(kind)  # nothing measured: the pool
+    verdicts.pooled(kind, wall=0.100, cpu=0.104, workers=2)  # one core busy of two
+    assert verdicts.walk_next(kind)  # so the next run is a walk, timed
+    verdicts.walked(kind, 0.080)  # faster: walks from now on, pooled every RECHECK_EVERY
+    ways = _decisions(verdicts, kind, 2 * RECHECK_EVERY)
+    assert ways.count(False) == 2 and ways[RECHECK_EVERY - 2] is False
+    verdicts.pooled(kind, wall=0.060, cpu=0.062, workers=2)  # the pool became faster
+    ways = _decisions(verdicts, kind, RECHECK_EVERY)
+    assert ways.count(True) == 1  # the walk is only re-measured
+
+
+def test_a_walk_slower_than_the_pool_leaves_the_kind_to_the_pool():
+    kind = graph_kind(["load"])
+    verdicts = PoolVerdicts()
+    verdicts.pooled(kind, wall=0.100, cpu=0.090, workers=4)
+    assert verdicts.walk_next(kind)
+    verdicts.walked(kind, 0.250)
+    assert _decisions(verdicts, kind, RECHECK_EVERY).count(True) == 1
+
+
+@pytest.mark.parametrize("cpu, workers, wall", [
+    (0.002, 2, 0.100),   # the tasks waited (I/O, sleeps, a barrier): a walk would serialise it
+    (0.190, 2, 0.100),   # two cores computed side by side
+    (0.100, 1, 0.100),   # one worker: nothing to compare
+    (MIN_MEASURED_SECONDS / 4, 2, MIN_MEASURED_SECONDS / 4),  # too short to judge
+])
+def test_pooled_runs_that_used_the_cores_or_waited_are_never_walked(cpu, workers, wall):
+    kind = graph_kind(["task"])
+    verdicts = PoolVerdicts()
+    verdicts.pooled(kind, wall=wall, cpu=cpu, workers=workers)
+    assert not any(_decisions(verdicts, kind, 2 * RECHECK_EVERY))
+
+
+def test_a_kind_found_parallel_again_goes_back_to_the_pool():
+    kind = graph_kind(["task"])
+    verdicts = PoolVerdicts()
+    verdicts.pooled(kind, wall=0.100, cpu=0.100, workers=2)
+    verdicts.walk_next(kind)
+    verdicts.walked(kind, 0.090)
+    verdicts.pooled(kind, wall=0.060, cpu=0.115, workers=2)  # larger inputs, say
+    assert not any(_decisions(verdicts, kind, 2 * RECHECK_EVERY))
+
+
+def test_pool_verdicts_are_bounded():
+    verdicts = PoolVerdicts(max_kinds=3)
+    for i in range(10):
+        verdicts.pooled(graph_kind([i]), wall=0.1, cpu=0.1, workers=2)
+    assert len(verdicts) == 3 and verdicts.walk_next(graph_kind([9]))
+    assert not verdicts.walk_next(graph_kind([0]))
+
+
+def _python_loop(i, n=60_000):
+    """Pure Python: holds the GIL throughout, like much of dask.bag or pandas' apply.
+    Returns the thread it ran on and its value."""
+    total = 0
+    for k in range(n):
+        total += k % 7
+    return threading.get_ident(), i + total
+
+
+_LOOP_TOTAL = sum(k % 7 for k in range(60_000))
+
+
+@pytest.mark.parametrize("entry", ["get", "run"])
+def test_gil_bound_graphs_are_walked_on_the_caller_once_the_pool_did_not_pay(entry):
+    """Eight GIL-bound tasks on two workers: the first run is pooled (nothing is known)
+    and keeps one core busy, so a later run walks them all on the calling thread; the
+    values are the same either way."""
+    caller = threading.get_ident()
+    threads: list[int] = []
+
+    def loop_op(i):
+        def kernel(v):
+            ident, value = _python_loop(i)
+            threads.append(ident)
+            return float(value) + v
+        return df.custom_op(f"test.loop{i}", kernel)
+
+    with df.Graph():
+        x = df.placeholder("x", ())
+        out = df.add_n([loop_op(i)(x) for i in range(8)])
+    tasks = {f"t{i}": (_python_loop, i) for i in range(8)}
+    threads_per_run = []
+    with scheduler.Engine("threads", workers=2) as engine:
+        for _ in range(4):
+            threads.clear()
+            if entry == "get":
+                results = engine.get(tasks, list(tasks))
+                threads.extend(ident for ident, _ in results)
+                assert [v for _, v in results] == [i + _LOOP_TOTAL for i in range(8)]
+            else:
+                assert engine.run(out, {x: 0.0}) == 8.0 * _LOOP_TOTAL + 28
+            threads_per_run.append(set(threads))
+    assert threads_per_run[0] != {caller}  # the first run: unknown tasks, the pool
+    assert {caller} in threads_per_run[1:]  # then a walk on the caller
