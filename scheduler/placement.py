@@ -38,7 +38,8 @@ Tasks that wait for one another (meet at a barrier, pass items through a queue) 
 beyond what timing can tell: once they all run at once, each takes microseconds and
 is learned as cheap, and the driving thread would then call one of them and wait for
 the others forever. Run such graphs on an engine with ``inline_threshold=0``, which
-sends every task to the pool (a first call always does: nothing is known yet).
+sends every task to the pool, or pass ``scheduler.get`` a pool of your own (``pool=``:
+an engine made for the call, which knows nothing, so every task goes to the pool).
 
 Costs are learned: a task run on the driving thread is timed there; a task run in the
 pool reports its duration too, which may set an unknown estimate or lower a known one

@@ -499,3 +499,22 @@ def test_gil_bound_graphs_are_walked_on_the_caller_once_the_pool_did_not_pay(ent
             threads_per_run.append(set(threads))
     assert threads_per_run[0] != {caller}  # the first run: unknown tasks, the pool
     assert {caller} in threads_per_run[1:]  # then a walk on the caller
+
+
+def test_tasks_that_meet_each_other_run_call_after_call_on_a_given_pool_or_with_no_inlining():
+    """The documented ways to run tasks that wait for one another (placement.py): an
+    engine with ``inline_threshold=0``, or ``scheduler.get(..., pool=)``; both keep
+    every task in the pool however often the graph runs."""
+    barrier = threading.Barrier(4, timeout=20)
+
+    def meet(i):
+        barrier.wait()
+        return i
+
+    tasks = {f"t{i}": (meet, i) for i in range(4)}
+    with cf.ThreadPoolExecutor(4) as pool:
+        for _ in range(10):
+            assert scheduler.get(tasks, list(tasks), pool=pool) == (0, 1, 2, 3)
+    with scheduler.Engine("threads", workers=4, inline_threshold=0) as engine:
+        for _ in range(10):
+            assert engine.get(tasks, list(tasks)) == (0, 1, 2, 3)
