@@ -112,17 +112,14 @@ def stable_cost_key(func: Any) -> Hashable:
     return cast(Hashable, type(func))  # classes hash by identity
 
 
-class CostTable:
-    """Learned figures by cost key, shared by an engine's plans: task durations
-    (seconds), and the sizes of root tasks' values (bytes).
+class BoundedTable:
+    """A dict that keeps its ``max_keys`` most recently written keys, so that a service
+    that runs ever new graphs does not grow it forever. Thread-safe: runs of one engine
+    learn from several threads at once."""
 
-    Bounded: the least recently used keys are dropped beyond ``max_keys``, so that a
-    service that runs ever new graphs does not grow it forever. Thread-safe: runs of
-    one engine learn from several threads at once."""
-
-    def __init__(self, max_keys: int = 4096):
+    def __init__(self, max_keys: int):
         self.max_keys = max_keys
-        self._table: OrderedDict[Hashable, float] = OrderedDict()
+        self._table: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -134,15 +131,28 @@ class CostTable:
     def __contains__(self, key: object) -> bool:
         return key in self._table
 
-    def get(self, key: Hashable, default: float | None = None) -> float | None:
+    def get(self, key: Hashable, default: Any = None) -> Any:
         return self._table.get(key, default)
 
-    def __setitem__(self, key: Hashable, seconds: float) -> None:
+    def __setitem__(self, key: Hashable, value: Any) -> None:
         with self._lock:
-            self._table[key] = seconds
+            self._table[key] = value
             self._table.move_to_end(key)
             if len(self._table) > self.max_keys:
                 self._table.popitem(last=False)
+
+    def pop(self, key: Hashable) -> None:
+        with self._lock:
+            self._table.pop(key, None)
+
+
+class CostTable(BoundedTable):
+    """Learned figures by cost key, shared by an engine's plans: task durations
+    (seconds), and the sizes of root tasks' values (bytes). Bounded (the least recently
+    used keys are dropped beyond ``max_keys``) and thread-safe."""
+
+    def __init__(self, max_keys: int = 4096):
+        super().__init__(max_keys)
 
     def observe(self, key: Hashable, seconds: float) -> None:
         """A duration measured on the driving thread: the estimate drops at once and
@@ -175,13 +185,11 @@ class PoolVerdicts:
     once; then the process's CPU time counts all of them, which at worst starts a walk
     that its own timing then rejects."""
 
-    __slots__ = ("max_kinds", "_table", "_lock")
+    __slots__ = ("_table",)
 
     def __init__(self, max_kinds: int = 1024):
-        self.max_kinds = max_kinds
         #: kind -> [last pooled wall, last walk wall (None: never walked), runs]
-        self._table: OrderedDict[frozenset, list] = OrderedDict()
-        self._lock = threading.Lock()
+        self._table = BoundedTable(max_kinds)
 
     def __len__(self) -> int:
         return len(self._table)
@@ -205,21 +213,15 @@ class PoolVerdicts:
         process's CPU time, on ``workers`` workers."""
         if wall < MIN_MEASURED_SECONDS or workers < 2:
             return
-        with self._lock:
-            entry = self._table.get(kind)
-            if not ONE_CORE[0] <= cpu / wall < ONE_CORE[1]:
-                if entry is not None and cpu / wall >= ONE_CORE[1]:
-                    del self._table[kind]  # the workers computed side by side: pool it
-                elif entry is not None:
-                    entry[0] = wall
-                return
-            if entry is None:
-                self._table[kind] = [wall, None, 0]
-                if len(self._table) > self.max_kinds:
-                    self._table.popitem(last=False)
-            else:
-                entry[0] = wall
-                self._table.move_to_end(kind)
+        entry = self._table.get(kind)
+        share = cpu / wall
+        if share >= ONE_CORE[1]:
+            self._table.pop(kind)  # the workers computed side by side: the pool it is
+        elif entry is not None:
+            entry[0] = wall
+            self._table[kind] = entry  # recently used
+        elif share >= ONE_CORE[0]:
+            self._table[kind] = [wall, None, 0]
 
     def walked(self, kind: frozenset, wall: float) -> None:
         """A plain run of ``kind`` walked on the driving thread took ``wall`` seconds."""
