@@ -83,3 +83,20 @@ def test_anchor_rows_smoke(rows):
         pytest.skip(result[0].anchor)
     measured = [r for r in result if r.target != "(context)"]
     assert measured and all(r.ours_value > 0 and r.anchor_value > 0 for r in measured)
+
+
+def test_dask_workloads_are_timed_in_fresh_interpreters_and_take_their_median(monkeypatch):
+    """Each dask workload runs in several fresh interpreters; the row is the median of
+    their figures, so that no one process's allocator state decides it."""
+    pytest.importorskip("dask")
+    from dataflow.bench import bench_dask_workloads as bench
+
+    # One real child: the sleeping tasks at 1/50 of their size.
+    t_ours, t_dask = bench._timed_in_fresh_process(4, 50, 3, 0, 0.0)
+    assert 0.0 < t_ours < 1.0 and 0.0 < t_dask < 1.0
+    # The rows: per workload, the median over the processes of each scheduler's time.
+    figures = iter([(3.0, 4.0), (1.0, 9.0), (2.0, 1.0)] * 6)
+    monkeypatch.setattr(bench, "_timed_in_fresh_process", lambda *args: next(figures))
+    rows = bench.dask_workloads(scale=50, processes=3)
+    assert len(rows) == len(bench.workloads(50))
+    assert all(r.ours_value == 2000.0 and r.anchor_value == 4000.0 and r.ok for r in rows)
