@@ -20,7 +20,9 @@ Where a ready task runs is decided in one place, ``placement.py``; the rules:
   inline threshold) run on the driving thread; a task of unknown cost is presumed
   expensive and goes to the pool, so a first call of unknown tasks is parallel;
 - a run with a deadline or a cancel event never runs an unknown or expensive task on
-  the driving thread, so it can raise on time.
+  the driving thread, so it can raise on time;
+- a plain run of a kind of graph whose pooled run kept only one core busy (its tasks
+  hold the GIL) is walked on the driving thread, timed, and the faster way is kept.
 
 ``pending[p]`` counts the computed parents ``p`` still waits for (Kahn's algorithm);
 ``consumers_left[p]`` counts the children that have not finished yet. Ready tasks wait
@@ -44,7 +46,9 @@ order on the calling thread; so does a plain run (no callbacks, deadline, cancel
 or numerics check) of a plan whose every task has a known cost and whose estimated
 parallel gain does not pay for the pool, with no per-task bookkeeping beyond freeing
 dead values (its learning runs time every task and hand over to the pooled driver once
-a kind of task proves expensive); everything else goes through ``_Run``.
+a kind of task proves expensive); so does a plain run of a kind of graph the pool did
+not pay for (``placement.PoolVerdicts``); everything else goes through ``_Run``, timed
+against the process's CPU time when plain, for those verdicts.
 
 On the first error nothing new starts, the tasks in flight are drained, and the error
 is raised (TensorFlow's ``NodeDone``): a task's own exception as the original object
