@@ -80,6 +80,7 @@ MAX_REGION_ARGS = 32
 TRANSCENDENTAL: dict[type[Elementwise], str] = {
     Sin: "math.sin", Cos: "math.cos", Exp: "math.exp", Log: "math.log", Tanh: "math.tanh"}
 
+
 def _probe_values(op: type) -> np.ndarray:
     """Values across ``op``'s domain: small, large, tiny and special arguments."""
     r = np.random.default_rng(20261130)

@@ -79,7 +79,7 @@ from .blas import IntraOpThreads
 from .callbacks import Callback, RunInfo, TaskRecord
 from .compiled import compiled_for, fast_key, fast_runner
 from .dask_compat import DaskGet
-from .direct import DirectWalk, scan, walk
+from .direct import scan, walk
 from .errors import (
     FeedError,
     NodeError,
@@ -547,14 +547,10 @@ class Engine:
             # Rule 5 of placement.py: walk this kind of graph if the pool did not pay.
             kind = plan.kind
             if self._verdicts.walk_next(kind):
-                start = time.perf_counter()
-                _walk(plan, values)
-                self._verdicts.walked(kind, time.perf_counter() - start)
+                self._verdicts.time_walk(kind, lambda: _walk(plan, values))
             else:
-                start, cpu = time.perf_counter(), time.process_time()
-                _Run(self, plan, values, self._pool(), cbs, deadline, False).drive()
-                self._verdicts.pooled(kind, time.perf_counter() - start,
-                                      time.process_time() - cpu, self.workers)
+                run = _Run(self, plan, values, self._pool(), cbs, deadline, False)
+                self._verdicts.time_pooled(kind, run.drive, self.workers)
         else:
             _Run(self, plan, values, self._pool(), cbs, deadline, False, cancel=cancel).drive()
 
@@ -628,18 +624,17 @@ class Engine:
                 raise FeedError(f"feed key {key!r} is not in the task graph")
         cbs = self.callbacks + tuple(callbacks)
         spec_of = source.spec
+        kind = None  # the set of the graph's cost keys, once the scan has it
         if not cbs and timeout is None and not self.check_numerics and self._may_walk_directly():
             with gc_paused():
                 direct = scan(source, wanted, feeds)
-                if self.kind == "inline" or inside_kernel() or self._all_cheap(direct):
+                if self.kind == "inline" or inside_kernel():
                     return pack_results(keys, walk(direct))
-                if self._judges_pool():
-                    kind = graph_kind(direct.cost_keys())
-                    if self._verdicts.walk_next(kind):
-                        start = time.perf_counter()
-                        walked = walk(direct)
-                        self._verdicts.walked(kind, time.perf_counter() - start)
-                        return pack_results(keys, walked)
+                kind = graph_kind(direct.cost_keys())
+                if self._all_cheap(kind):
+                    return pack_results(keys, walk(direct))
+                if self._judges_pool() and self._verdicts.walk_next(kind):
+                    return pack_results(keys, self._verdicts.time_walk(kind, lambda: walk(direct)))
             # The pool it is: the plan reuses the specs the scan built (a dask graph's
             # task objects cost more to read than the rest of the plan).
             scanned = direct.specs
@@ -649,6 +644,8 @@ class Engine:
         # plain post-order would finish one fetch's whole subgraph before the next
         # touches values they share, keeping all of them alive meanwhile.
         plan = Plan(wanted, list(feeds), spec_of, memory_order=self.kind != "inline")
+        if kind is not None:
+            plan.kind = kind  # the scan's: the same set of cost keys
         plan.workers = self.workers
         if self.kind != "inline":  # the inline executor never consults estimates
             plan.seed_estimates(self._costs, self.inline_threshold)
@@ -670,11 +667,11 @@ class Engine:
         self._direct_gets += 1
         return self._direct_gets % LEARN_EVERY != 0
 
-    def _all_cheap(self, direct: DirectWalk) -> bool:
-        """Every kind of task in ``direct`` is known to be cheap, so the pooled driver
+    def _all_cheap(self, cost_keys: Iterable[Hashable]) -> bool:
+        """Every kind of task (``cost_keys``) is known to be cheap, so the pooled driver
         would run them all on this thread anyway."""
         costs, cheap = self._costs, self.placement.cheap
-        return all(cheap(costs.get(key)) for key in direct.cost_keys())
+        return all(cheap(costs.get(key)) for key in cost_keys)
 
 
 def _compile(keys: list, fed: list, rewrite: bool, fuse: bool = False) -> Plan:

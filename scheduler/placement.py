@@ -52,9 +52,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
+import time
 import types
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from functools import partial
 from typing import Any, cast
 
@@ -228,6 +229,22 @@ class PoolVerdicts:
         entry = self._table.get(kind)
         if entry is not None:
             entry[1] = wall
+
+    def time_walk(self, kind: frozenset, walk: Callable[[], Any]) -> Any:
+        """``walk()`` (a plain run of ``kind`` on the driving thread), timed for
+        ``walked``; its result."""
+        start = time.perf_counter()
+        result = walk()
+        self.walked(kind, time.perf_counter() - start)
+        return result
+
+    def time_pooled(self, kind: frozenset, run: Callable[[], Any], workers: int) -> Any:
+        """``run()`` (a plain pooled run of ``kind``), timed with the process's CPU time
+        for ``pooled``; its result."""
+        start, cpu = time.perf_counter(), time.process_time()
+        result = run()
+        self.pooled(kind, time.perf_counter() - start, time.process_time() - cpu, workers)
+        return result
 
 
 class Placement:

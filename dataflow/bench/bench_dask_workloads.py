@@ -172,15 +172,12 @@ def _timed_in_fresh_process(index: int, scale: int, reps: int, warmup: int,
                             budget: float) -> tuple[float, float]:
     """``timed_pair`` of workload ``index`` in a fresh interpreter (``--one``), which
     imports the same package as this one; its errors go to this process's stderr."""
-    from pathlib import Path
+    from .suite import child_env
 
-    env = dict(os.environ)
-    site = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH")) if p)
     done = subprocess.run(
         [sys.executable, "-m", "dataflow.bench.bench_dask_workloads", "--one", str(index),
          str(scale), str(reps), str(warmup), str(budget)],
-        env=env, stdout=subprocess.PIPE, text=True, check=True)
+        env=child_env(), stdout=subprocess.PIPE, text=True, check=True)
     t_ours, t_dask = json.loads(done.stdout.strip().splitlines()[-1])
     return t_ours, t_dask
 

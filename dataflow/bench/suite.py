@@ -440,16 +440,22 @@ def run(sections: list[str] | None = None, unset: tuple[str, ...] = ()) -> list[
     return rows
 
 
+def child_env(unset: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of a fresh interpreter that imports the same ``dataflow`` as this
+    process, installed or from a checkout, without the variables named in ``unset``."""
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    site = str(Path(df.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def run_isolated(name: str, unset: tuple[str, ...] = ()) -> list[Row]:
     """Run one section in a fresh ``python -m dataflow.bench --json``, which prints its
     rows as JSON; its errors go to this process's stderr. The child imports the same
     ``dataflow`` as this process, installed or from a checkout; ``unset`` names
     variables removed from its environment (only there)."""
-    env = {k: v for k, v in os.environ.items() if k not in unset}
-    site = str(Path(df.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH")) if p)
-    done = subprocess.run([sys.executable, "-m", "dataflow.bench", "--json", name], env=env,
-                          stdout=subprocess.PIPE, text=True)
+    done = subprocess.run([sys.executable, "-m", "dataflow.bench", "--json", name],
+                          env=child_env(unset), stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:  # its traceback is on stderr; the other sections still run
         return [Row(f"section {name!r}", "failed", float("nan"), "see the error above",
                     float("nan"), "", "-", False)]
